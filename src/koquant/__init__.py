@@ -1,0 +1,37 @@
+"""koquant: Korean fine-tuned LLMs from a Hugging Face checkpoint to GGUF, GPTQ and ONNX.
+
+    import koquant
+    koquant.export("my-model", koquant.Recipe("gguf", ("Q4_K_M",)), "out/")
+
+Heavy backends (torch, llama_cpp, ...) are imported only by the code that needs them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "export":
+        from .export import export
+
+        return export
+    if name == "Recipe":
+        from .recipe import Recipe
+
+        return Recipe
+    if name == "Checkpoint":
+        from .checkpoint import Checkpoint
+
+        return Checkpoint
+    if name == "Artifact":
+        from .artifact import Artifact
+
+        return Artifact
+    if name == "KoquantError":
+        from .errors import KoquantError
+
+        return KoquantError
+    raise AttributeError(f"module 'koquant' has no attribute {name!r}")

@@ -1,0 +1,289 @@
+"""``Checkpoint``: a local Hugging Face model folder, checked before anything runs on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .architectures import Architecture, resolve_architecture
+from .errors import CheckpointError, UnsafeInputError
+from .safetensors_check import TensorInfo, read_safetensors_header
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+REQUIRED_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path.name} is not valid JSON: {e}", hint=f"fix or re-download {path}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path.name} is not a JSON object", hint=f"fix or re-download {path}")
+    return data
+
+
+def _inside(folder: Path, name: str) -> Path:
+    """Resolve a file name from a tokenizer/config file, refusing paths that leave the folder."""
+    p = (folder / name).resolve()
+    if folder.resolve() not in p.parents:
+        raise UnsafeInputError(
+            f"{name!r} points outside the model folder {folder}",
+            hint="model files must reference files inside their own folder; remove the path from the config",
+        )
+    return p
+
+
+@dataclass
+class Checkpoint:
+    """A local HF folder: config, tokenizer, chat template and safetensors weights."""
+
+    path: Path
+    config: dict
+    architecture: Architecture
+    weight_files: list[Path]
+    tensors: dict[str, TensorInfo]
+    tokenizer_files: list[Path]
+    chat_template: str | None
+    pickle_weights: bool = False
+    _hashes: dict[str, str] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, allow_pickle: bool = False) -> "Checkpoint":
+        folder = Path(path)
+        if not folder.exists():
+            raise CheckpointError(f"model folder {folder} does not exist", hint="pass the path of a local Hugging Face model folder")
+        if not folder.is_dir():
+            raise CheckpointError(f"{folder} is a file, not a model folder", hint="pass the folder that holds config.json")
+        cfg_path = folder / "config.json"
+        if not cfg_path.is_file():
+            raise CheckpointError(
+                f"no config.json in {folder}",
+                hint="is this a Hugging Face model folder? save it with model.save_pretrained(...) first",
+            )
+        config = _read_json(cfg_path)
+        arch = resolve_architecture(config, where=str(cfg_path))
+        missing = [k for k in REQUIRED_CONFIG_KEYS if not isinstance(config.get(k), int) or config.get(k) <= 0]
+        if missing:
+            raise CheckpointError(
+                f"config.json lacks valid values for {', '.join(missing)}",
+                hint="config.json must give positive integers for " + ", ".join(REQUIRED_CONFIG_KEYS),
+            )
+
+        weight_files, pickle_weights = cls._find_weights(folder, allow_pickle)
+        tensors: dict[str, TensorInfo] = {}
+        if not pickle_weights:
+            for wf in weight_files:
+                tensors.update(read_safetensors_header(wf))
+
+        tok_files = [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+        if not any(p.name in ("tokenizer.json", "tokenizer.model") for p in tok_files):
+            raise CheckpointError(
+                f"no tokenizer in {folder} (neither tokenizer.json nor tokenizer.model)",
+                hint="copy the tokenizer files of the base model into the folder (tokenizer.save_pretrained(folder))",
+            )
+        tok_cfg = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+        for key in ("vocab_file", "tokenizer_file", "merges_file"):
+            if isinstance(tok_cfg.get(key), str):
+                _inside(folder, tok_cfg[key])
+        chat_template = cls._find_chat_template(folder, tok_cfg)
+        ckpt = cls(folder, config, arch, weight_files, tensors, tok_files, chat_template, pickle_weights)
+        ckpt._check_vocab()
+        return ckpt
+
+    @staticmethod
+    def _find_weights(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            wm = _read_json(index).get("weight_map")
+            if not isinstance(wm, dict) or not wm:
+                raise CheckpointError(f"{index.name} has no weight_map", hint="re-save the model")
+            files = []
+            for name in sorted(set(wm.values())):
+                p = _inside(folder, name)
+                if not p.is_file():
+                    raise CheckpointError(f"{index.name} lists {name} but it is missing", hint="download the missing shard")
+                files.append(p)
+            return files, False
+        st = sorted(folder.glob("*.safetensors"))
+        if st:
+            return st, False
+        pk = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+        if pk and not allow_pickle:
+            raise UnsafeInputError(
+                f"{folder} holds only pickle weights ({', '.join(p.name for p in pk)}); loading pickle can run arbitrary code",
+                hint="convert them to safetensors, or pass --allow-pickle if you trust the source "
+                "(they are then loaded with torch.load(weights_only=True))",
+            )
+        if pk:
+            return pk, True
+        raise CheckpointError(
+            f"no weights in {folder} (no *.safetensors)",
+            hint="save the model with model.save_pretrained(folder) so it writes model.safetensors",
+        )
+
+    @staticmethod
+    def _find_chat_template(folder: Path, tok_cfg: dict) -> str | None:
+        jinja = folder / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        cj = folder / "chat_template.json"
+        if cj.is_file():
+            tpl = _read_json(cj).get("chat_template")
+            if isinstance(tpl, str):
+                return tpl
+        tpl = tok_cfg.get("chat_template")
+        if isinstance(tpl, list):  # named templates: [{"name": "default", "template": ...}, ...]
+            named = {t.get("name"): t.get("template") for t in tpl if isinstance(t, dict)}
+            tpl = named.get("default")
+        return tpl if isinstance(tpl, str) else None
+
+    def _check_vocab(self) -> None:
+        vocab = self.config["vocab_size"]
+        embed = next((t for n, t in self.tensors.items() if n.endswith("embed_tokens.weight")), None)
+        if embed is not None and embed.shape[0] != vocab:
+            raise CheckpointError(
+                f"vocab size mismatch: config.json says vocab_size={vocab} but the embedding has {embed.shape[0]} rows",
+                hint="fix vocab_size in config.json (or resize the embeddings and re-save)",
+            )
+        n_tok = self.tokenizer_vocab_size()
+        if n_tok is not None and n_tok > vocab:
+            raise CheckpointError(
+                f"vocab size mismatch: the tokenizer has {n_tok} tokens but the model only {vocab}",
+                hint="use the tokenizer the model was trained with, or resize the embeddings "
+                "(model.resize_token_embeddings(len(tokenizer))) and re-save",
+            )
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def source_dtype(self) -> str:
+        """The dtype the weights are stored in: bfloat16, float16 or float32."""
+        dtypes = {t.dtype for t in self.tensors.values() if t.dtype in ("BF16", "F16", "F32")}
+        for st, name in (("F32", "float32"), ("BF16", "bfloat16"), ("F16", "float16")):
+            if st in dtypes:
+                return name
+        return str(self.config.get("torch_dtype") or self.config.get("dtype") or "float32")
+
+    def tokenizer_vocab_size(self) -> int | None:
+        """Highest token id + 1 from tokenizer.json, without importing transformers."""
+        tj = self.path / "tokenizer.json"
+        if not tj.is_file():
+            return None
+        data = _read_json(tj)
+        ids: list[int] = []
+        vocab = (data.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict):
+            ids.extend(int(v) for v in vocab.values())
+        elif isinstance(vocab, list):
+            ids.append(len(vocab) - 1)
+        ids.extend(int(t["id"]) for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t)
+        return max(ids) + 1 if ids else None
+
+    @cached_property
+    def generation_config(self) -> dict:
+        p = self.path / "generation_config.json"
+        return _read_json(p) if p.is_file() else {}
+
+    def file_hashes(self) -> dict[str, str]:
+        if not self._hashes:
+            files = [self.path / "config.json", *self.tokenizer_files, *self.weight_files]
+            self._hashes = {p.name: sha256_file(p) for p in sorted(set(files))}
+        return dict(self._hashes)
+
+    @property
+    def chat_template_sha256(self) -> str | None:
+        return sha256_text(self.chat_template) if self.chat_template is not None else None
+
+    # ------------------------------------------------------------------ staging
+    def stage(self, dest: Path) -> Path:
+        """A folder with only the vetted files, for tools that glob the model folder.
+
+        Safetensors files and tokenizer files are linked; pickle weights (only with
+        ``allow_pickle``) are loaded with ``weights_only=True`` and re-saved as safetensors,
+        so no backend ever unpickles anything.
+        """
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in [self.path / "config.json", *self.tokenizer_files]:
+            _link_or_copy(p, dest / p.name)
+        if self.pickle_weights:
+            self._resave_pickle(dest)
+        else:
+            idx = self.path / "model.safetensors.index.json"
+            if idx.is_file():
+                _link_or_copy(idx, dest / idx.name)
+            for p in self.weight_files:
+                _link_or_copy(p, dest / p.name)
+        return dest
+
+    def _resave_pickle(self, dest: Path) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        state: dict = {}
+        for p in self.weight_files:
+            try:
+                part = torch.load(p, map_location="cpu", weights_only=True, mmap=False)
+            except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+                raise UnsafeInputError(
+                    f"{p.name} could not be loaded with weights_only=True ({e.__class__.__name__}): "
+                    "it holds more than plain tensors",
+                    hint="convert it to safetensors in a trusted environment",
+                ) from None
+            if isinstance(part, dict) and "state_dict" in part and isinstance(part["state_dict"], dict):
+                part = part["state_dict"]
+            if not isinstance(part, dict):
+                raise UnsafeInputError(f"{p.name} does not hold a state dict", hint="convert it to safetensors")
+            state.update(part)
+        tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        # tied weights share storage; safetensors refuses shared tensors
+        seen: dict[int, str] = {}
+        for k in list(tensors):
+            ptr = tensors[k].data_ptr()
+            if ptr in seen:
+                tensors[k] = tensors[k].clone()
+            seen[ptr] = k
+        out = dest / "model.safetensors"
+        save_file(tensors, str(out), metadata={"format": "pt"})
+        self.tensors = read_safetensors_header(out)
+        self._check_vocab()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if dst.exists():
+        dst.unlink()
+    try:
+        os.symlink(src.resolve(), dst)
+    except OSError:
+        shutil.copy2(src, dst)

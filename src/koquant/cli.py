@@ -1,0 +1,70 @@
+"""The ``koquant`` command line.
+
+Every user-caused failure is a ``KoquantError``: printed as one message plus a hint, exit
+code non-zero, traceback only with ``KOQUANT_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import KoquantError
+
+# subcommand -> module with configure(parser) and main(args) -> int
+_COMMANDS = {
+    "export": ("koquant.cli_export", "export a Hugging Face checkpoint to GGUF (validated against the source)"),
+    "demo": ("koquant.cli_export", "build the built-in Korean miniature and export it to GGUF"),
+    "plan": ("koquant.plan.cli", "file size and RAM of every format and quant, from config.json alone"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="koquant",
+        description="Korean fine-tuned LLMs from a Hugging Face checkpoint to GGUF, GPTQ and ONNX, "
+        "calibrated on Korean and validated against the original.",
+    )
+    parser.add_argument("--version", action="version", version=f"koquant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module, _name=name)
+        mod = importlib.import_module(module)
+        configure = getattr(mod, f"configure_{name}", None) or mod.configure
+        configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(args._module)
+    run = getattr(mod, f"main_{args._name}", None) or mod.main
+    try:
+        return int(run(args) or 0)
+    except KoquantError as e:
+        if os.environ.get("KOQUANT_DEBUG"):
+            traceback.print_exc()
+        if getattr(args, "json", False):
+            print(json.dumps({"error": e.message, "hint": e.hint, "type": type(e).__name__}, ensure_ascii=False))
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def default_output(model_dir: Path | str, fmt: str) -> Path:
+    return Path.cwd() / f"{Path(model_dir).resolve().name}-{fmt}"

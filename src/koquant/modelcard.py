@@ -1,0 +1,80 @@
+"""The generated model card (README.md) of an artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_LIBRARY = {"gguf": "gguf", "gptq": "transformers", "onnx": "onnxruntime-genai"}
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_model_card(m: dict) -> str:
+    fmt = m["format"]
+    lines = [
+        "---",
+        f"base_model: {m['source']['base_model']}",
+        "quantized_by: koquant",
+        f"library_name: {_LIBRARY.get(fmt, fmt)}",
+        "language:",
+        "- ko",
+        "tags:",
+        f"- {fmt}",
+        "- korean",
+        "- koquant",
+        "---",
+        "",
+        f"# {m['name']} ({fmt.upper()})",
+        "",
+        f"Exported by koquant {m['tools']['koquant']} from `{m['source']['name']}` "
+        f"({m['source']['architecture']}, {m['source']['dtype']}). Every file below was loaded back and compared "
+        f"with the source on held-out Korean text ({m['evaluation']['text']}, {m['evaluation']['chunks']} chunks of "
+        f"{m['evaluation']['chunk_size']} tokens) before it was published.",
+        "",
+        "## Validation",
+        "",
+        "| file | quant | size | top-1 agreement | mean KL | p99 KL | max abs logit diff | token ids identical | passed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in m["files"]:
+        v = f["validation"]
+        lines.append(
+            f"| {f['path']} | {f['quant']} | {_size(f['size'])} | {v['top1']:.4f} | {v['kl_mean']:.3g} | "
+            f"{v['kl_p99']:.3g} | {v['max_abs_diff']:.3g} | {'yes' if v['token_ids_identical'] else 'NO'} | "
+            f"{'yes' if v['passed'] else 'NO'} |"
+        )
+    fallbacks = [(f["path"], fb) for f in m["files"] for fb in f.get("fallbacks", [])]
+    if fallbacks:
+        lines += ["", "## Per-tensor fallbacks", ""]
+        lines += [f"- {p}: `{fb['tensor']}` wanted {fb['wanted']}, used {fb['used']} "
+                  f"(ncols {fb['ncols']} not divisible by {fb['block']})" for p, fb in fallbacks]
+    cal = m.get("calibration")
+    lines += ["", "## Recipe", ""]
+    r = m["recipe"]
+    lines.append(f"- quant types: {', '.join(r['quants'])}")
+    if cal:
+        lines.append(f"- calibration: `{cal['name']}` (sha256 {cal['sha256'][:16]}…), "
+                     f"{cal.get('chunks', '?')} chunks × {cal.get('chunk_size', '?')} tokens, Korean importance matrix "
+                     f"in `{cal.get('file', '-')}`")
+    else:
+        lines.append("- calibration: none")
+    if m["chat_template"]["sha256"]:
+        lines.append(f"- chat template: the source's own, byte-identical (sha256 {m['chat_template']['sha256'][:16]}…)")
+    lines += ["", "## Use", ""]
+    if fmt == "gguf":
+        first = m["files"][0]["path"]
+        lines += ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
+    lines += ["", "The full record (hashes, tool versions, per-tensor types) is in `koquant.json`.", ""]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, manifest: dict) -> Path:
+    p = folder / "README.md"
+    p.write_text(render_model_card(manifest), encoding="utf-8")
+    return p

@@ -1,0 +1,146 @@
+"""The size of a GGUF file, tensor by tensor.
+
+A GGUF file is a 24-byte header, the key/value metadata, one info record per tensor
+(name, dimensions, type, offset), padding to the 32-byte alignment, and the tensor data with
+each tensor padded to 32 bytes. The tensors and their types come from
+:mod:`koquant.plan.architectures` and :mod:`koquant.plan.gguf_mix`; the metadata is the
+tokenizer (:mod:`koquant.plan.vocab_footprint`) plus about thirty small hyper-parameter keys.
+
+The plan assumes the usual pipeline: ``convert_hf_to_gguf.py --outtype f16`` (or bf16) then
+``llama-quantize`` without ``--pure``, ``--output-tensor-type`` or ``--token-embedding-type``.
+The quantizer copies the converter's metadata, so every file type has the same header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from koquant.plan.architectures import Weight, weights
+from koquant.plan.ggml_types import FILE_TYPES, file_type, tensor_bytes
+from koquant.plan.gguf_mix import MixContext, choose_types
+from koquant.plan.model_spec import ModelSpec
+
+__all__ = ["GGUFTensorPlan", "GGUFPlan", "plan_gguf", "gguf_tensor_weights", "metadata_bytes", "ALIGNMENT"]
+
+ALIGNMENT = 32
+_HEADER = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
+
+
+@dataclass(frozen=True)
+class GGUFTensorPlan:
+    """One planned tensor. ``wanted`` is set when a row-length fallback replaced that type."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    n_bytes: int
+    wanted: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "type": self.type, "shape": list(self.shape), "bytes": self.n_bytes}
+        if self.wanted:
+            d["wanted"] = self.wanted
+        return d
+
+
+@dataclass(frozen=True)
+class GGUFPlan:
+    """A planned GGUF file for one llama.cpp file type."""
+
+    ftype: str
+    tensors: tuple[GGUFTensorPlan, ...]
+    metadata_bytes: int
+    tensor_bytes: int
+    file_bytes: int
+    n_elements: int
+    needs_imatrix: bool
+    imatrix: bool
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.tensor_bytes * 8 / self.n_elements
+
+    @property
+    def fallbacks(self) -> list[GGUFTensorPlan]:
+        return [t for t in self.tensors if t.wanted]
+
+    def types(self) -> dict[str, str]:
+        return {t.name: t.type for t in self.tensors}
+
+
+def _align(n: int, a: int = ALIGNMENT) -> int:
+    return -(-n // a) * a
+
+
+def gguf_tensor_weights(spec: ModelSpec) -> list[Weight]:
+    """The tensors the llama.cpp converter writes for this model."""
+    ws = weights(spec)
+    if spec.architecture.gguf_drops_lm_head:
+        ws = [w for w in ws if w.role != "lm_head"]
+    return ws
+
+
+def _kv_str(key: str, value: str) -> int:
+    return 8 + len(key) + 4 + 8 + len(value.encode())
+
+
+def _kv_num(key: str, size: int = 4) -> int:
+    return 8 + len(key) + 4 + size
+
+
+def metadata_bytes(spec: ModelSpec, ws: list[Weight]) -> int:
+    """Header, key/value pairs and tensor infos, padded to the data alignment."""
+    a = spec.architecture.gguf_arch
+    kv = _kv_str("general.architecture", a) + _kv_str("general.type", "model")
+    kv += _kv_str("general.name", spec.name) + _kv_str("general.size_label", "10B")
+    for key in (
+        "block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count",
+        "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_rms_epsilon",
+        "attention.key_length", "attention.value_length", "vocab_size", "rope.dimension_count",
+    ):
+        kv += _kv_num(f"{a}.{key}")
+    kv += _kv_num("general.file_type") + _kv_num("general.quantization_version")
+    tok = spec.tokenizer
+    kv += _kv_str("tokenizer.ggml.model", "llama" if tok.kind == "spm" else "gpt2")
+    kv += _kv_str("tokenizer.ggml.pre", "default" if tok.kind == "spm" else "llama-bpe")
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"):
+        kv += _kv_num(f"tokenizer.ggml.{key}")
+    for key in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        kv += _kv_num(f"tokenizer.ggml.{key}", 1)
+    kv += tok.gguf_kv_bytes()
+    infos = sum(8 + len(w.gguf_name) + 4 + 8 * len(w.shape) + 4 + 8 for w in ws)
+    return _align(_HEADER + kv + infos)
+
+
+def _is_70b(spec: ModelSpec) -> bool:
+    # llama.cpp's LLM_TYPE_70B, the only model size its quantizer looks at
+    if spec.n_layers != 80:
+        return False
+    gguf_arch = spec.architecture.gguf_arch
+    return gguf_arch == "qwen2" or (gguf_arch == "llama" and spec.n_heads != spec.n_kv_heads)
+
+
+def plan_gguf(spec: ModelSpec, ftype: str, *, imatrix: bool = False) -> GGUFPlan:
+    """Plan one GGUF file. File types that cannot be made without an importance matrix are
+    planned as if one is given (``needs_imatrix`` says so)."""
+    ft = file_type(ftype)
+    ws = gguf_tensor_weights(spec)
+    ctx = MixContext(spec.n_layers, spec.n_gqa, _is_70b(spec), imatrix)
+    choices = choose_types(ws, ft, ctx)
+    needs = any(c.needs_imatrix for c in choices)
+    if needs and not imatrix:
+        ctx = MixContext(spec.n_layers, spec.n_gqa, ctx.is_70b, True)
+        choices = choose_types(ws, ft, ctx)
+    tensors = tuple(
+        GGUFTensorPlan(c.weight.gguf_name, c.type, c.weight.shape, tensor_bytes(c.type, c.weight.shape), c.fallback)
+        for c in choices
+    )
+    meta = metadata_bytes(spec, ws)
+    data = sum(t.n_bytes for t in tensors)
+    padded = sum(_align(t.n_bytes) for t in tensors)
+    n_el = sum(w.n_elements for w in ws)
+    return GGUFPlan(ft.name, tensors, meta, data, meta + padded, n_el, needs, ctx.imatrix)
+
+
+def all_file_types() -> list[str]:
+    return list(FILE_TYPES)

@@ -1,0 +1,180 @@
+"""Sizes of the GPTQ, ONNX and bf16-source exports.
+
+These are computed from the tensor layouts the exporters write. The real GPTQ and ONNX
+exporters of koquant are not written yet; every layout assumption below is listed in the
+plan's ``assumptions`` so that it can be calibrated against real files later.
+
+GPTQ (GPTQModel ``save()``, v1 layout, safetensors), for each decoder linear with
+``K`` inputs, ``N`` outputs, ``b`` bits and group size ``g`` (``G = ceil(K/g)`` groups, one
+group when ``g = -1``):
+
+- ``qweight`` int32 ``[K*b/32, N]``  -> ``K*N*b/8`` bytes
+- ``qzeros``  int32 ``[G, N*b/32]``  -> ``G*N*b/8`` bytes
+- ``scales``  fp16  ``[G, N]``       -> ``2*G*N`` bytes
+- ``g_idx``   int32 ``[K]``          -> ``4*K`` bytes
+- ``bias``    fp16  ``[N]`` only when the layer has one.
+
+The token embedding, ``lm_head`` (stored once when tied) and the norms stay 16-bit.
+
+ONNX (onnxruntime-genai model builder, ``-e cpu``): weights are stored in the graph's I/O
+type (fp32 for ``fp32`` and for ``int4`` on CPU, fp16 for ``fp16``). ``int4`` replaces each
+linear, ``lm_head`` included, by ``MatMulNBits``: packed uint8 ``N x ceil(K/block) x block/2``,
+one scale per block in the I/O type, and for asymmetric quantization a uint8 zero point per
+two blocks; block 32 and symmetric by default. The embedding (a Gather) stays in the I/O
+type unless ``quantize_embeddings``. Tied embeddings are stored once in fp32/fp16 exports
+(and in int4 only when the embedding is quantized and shared with the head). The builder
+also stores cos/sin rotary caches for ``max_position_embeddings`` positions and the graph
+itself (estimated at 16 KiB per layer + 64 KiB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from koquant.errors import RecipeError
+from koquant.plan.architectures import Weight, weights
+from koquant.plan.model_spec import ModelSpec
+
+__all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source", "GPTQ_BITS", "ONNX_PRECISIONS"]
+
+GPTQ_BITS = (2, 3, 4, 8)
+ONNX_PRECISIONS = ("fp32", "fp16", "int4")
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
+
+
+@dataclass(frozen=True)
+class FormatPlan:
+    """A planned non-GGUF export. ``parts`` breaks ``file_bytes`` down by what it holds."""
+
+    format: str
+    variant: str
+    file_bytes: int
+    weight_bytes: int
+    n_elements: int
+    parts: dict[str, int] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.weight_bytes * 8 / self.n_elements
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _hf_weights(spec: ModelSpec) -> list[Weight]:
+    """Weights as the Hugging Face checkpoint stores them (no GGUF-only tensors)."""
+    return [w for w in weights(spec) if w.role != "rope_freqs"]
+
+
+def _safetensors_header(n_tensors: int) -> int:
+    # 8-byte length + JSON entry per tensor (name, dtype, shape, offsets), about 110 bytes
+    return 8 + 110 * n_tensors
+
+
+def _n_elements(spec: ModelSpec) -> int:
+    return sum(w.n_elements for w in _hf_weights(spec))
+
+
+def plan_gptq(spec: ModelSpec, bits: int = 4, group_size: int = 128, *, sixteen_bit_bytes: int = 2) -> FormatPlan:
+    """Size of a GPTQModel v1 checkpoint (see module docstring for the layout)."""
+    if bits not in GPTQ_BITS:
+        raise RecipeError(f"GPTQ cannot use {bits} bits", hint="use one of: " + ", ".join(map(str, GPTQ_BITS)))
+    if group_size != -1 and group_size <= 0:
+        raise RecipeError(f"GPTQ group size must be positive or -1, got {group_size}", hint="e.g. 128")
+    parts = {"qweight": 0, "qzeros": 0, "scales": 0, "g_idx": 0, "16-bit": 0}
+    n_tensors = 0
+    notes: list[str] = []
+    odd = set()
+    for w in _hf_weights(spec):
+        if w.role == "linear":
+            k, n = w.in_features, w.out_features
+            g = 1 if group_size == -1 else _ceil_div(k, group_size)
+            if group_size != -1 and k % group_size:
+                odd.add(k)
+            parts["qweight"] += _ceil_div(k * bits, 32) * n * 4
+            parts["qzeros"] += g * _ceil_div(n * bits, 32) * 4
+            parts["scales"] += g * n * 2
+            parts["g_idx"] += k * 4
+            n_tensors += 4
+        else:
+            parts["16-bit"] += w.n_elements * sixteen_bit_bytes
+            n_tensors += 1
+    if spec.tied and not spec.lm_head_in_checkpoint:
+        notes.append("lm_head is tied to the embedding and stored once")
+    if odd:
+        notes.append(
+            f"group size {group_size} does not divide in_features {sorted(odd)}: GPTQModel saves it but its "
+            "Aten kernel fails at run time"
+        )
+    parts["header"] = _safetensors_header(n_tensors)
+    total = sum(parts.values())
+    variant = f"{bits}bit-g{group_size if group_size != -1 else 'all'}"
+    return FormatPlan("gptq", variant, total, total - parts["header"], _n_elements(spec), parts, tuple(notes))
+
+
+def plan_onnx(
+    spec: ModelSpec,
+    precision: str = "int4",
+    *,
+    block_size: int = 32,
+    symmetric: bool = True,
+    quantize_embeddings: bool = False,
+    ep: str = "cpu",
+) -> FormatPlan:
+    """Size of an onnxruntime-genai builder export (see module docstring for the layout)."""
+    if precision not in ONNX_PRECISIONS:
+        raise RecipeError(f"unknown ONNX precision {precision!r}", hint="use one of: " + ", ".join(ONNX_PRECISIONS))
+    if block_size < 16 or block_size & (block_size - 1):
+        raise RecipeError(f"MatMulNBits block size must be a power of two >= 16, got {block_size}", hint="use 32")
+    io_bytes = 2 if precision == "fp16" or (precision == "int4" and ep != "cpu") else 4
+    parts = {"float weights": 0, "int4 weights": 0, "int4 scales": 0, "int4 zero points": 0}
+
+    def int4(k: int, n: int) -> None:
+        blocks = _ceil_div(k, block_size)
+        parts["int4 weights"] += n * blocks * block_size // 2
+        parts["int4 scales"] += n * blocks * io_bytes
+        if not symmetric:
+            parts["int4 zero points"] += n * _ceil_div(blocks, 2)
+
+    ws = _hf_weights(spec)
+    embed = next(w for w in ws if w.role == "embed")
+    for w in ws:
+        if precision == "int4" and w.role in ("linear", "lm_head"):
+            int4(w.in_features, w.out_features)
+        elif precision == "int4" and w.role == "embed" and quantize_embeddings:
+            int4(w.in_features, w.out_features)
+        else:
+            parts["float weights"] += w.n_elements * io_bytes
+    head_stored = any(w.role == "lm_head" for w in ws)
+    notes = []
+    if not head_stored:  # tied: the head reuses the embedding
+        if precision == "int4" and not quantize_embeddings:
+            int4(embed.in_features, embed.out_features)
+            notes.append("tied head: int4 copy for lm_head plus the float embedding")
+        else:
+            notes.append("tied embeddings stored once")
+    positions = spec.max_positions or 4096
+    parts["rotary caches"] = 2 * positions * (spec.head_dim // 2) * io_bytes
+    parts["graph"] = 64 * 1024 + 16 * 1024 * spec.n_layers
+    total = sum(parts.values())
+    weights_ram = total - parts["graph"]
+    return FormatPlan("onnx", precision, total, weights_ram, _n_elements(spec), parts, tuple(notes))
+
+
+def plan_source(spec: ModelSpec) -> FormatPlan:
+    """The Hugging Face checkpoint in its own dtype (bf16 for the seed models)."""
+    nbytes = _DTYPE_BYTES.get(spec.dtype.replace("torch.", ""), 2)
+    ws = _hf_weights(spec)
+    tensors = sum(w.n_elements for w in ws) * nbytes
+    if spec.tied and spec.lm_head_in_checkpoint:
+        tensors += spec.vocab * spec.hidden * nbytes
+    planned = tensors + _safetensors_header(len(ws))
+    notes = []
+    total = planned
+    if spec.checkpoint_bytes:
+        total = spec.checkpoint_bytes
+        notes.append(f"measured from the safetensors files (computed: {planned} bytes)")
+    dtype = {4: "fp32", 2: "bf16" if "bfloat" in spec.dtype or spec.dtype == "bf16" else "fp16"}[nbytes]
+    return FormatPlan("source", dtype, total, tensors, _n_elements(spec), {"tensors": tensors, "header": planned - tensors}, tuple(notes))

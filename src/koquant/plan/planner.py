@@ -1,0 +1,277 @@
+"""``plan()``: every export's file size and its memory at each context length, per device.
+
+One flow: a source (model folder, config.json, config dict, :class:`ModelSpec` or preset id)
+becomes a :class:`ModelSpec`; each export planner turns it into an :class:`Export`; each
+export at each context length becomes a :class:`RuntimeEstimate` with a :class:`DeviceFit`
+per device. :meth:`Plan.to_dict` is what ``koquant plan --json`` prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from koquant.errors import CheckpointError, RecipeError
+from koquant.plan import kv as kvmod
+from koquant.plan.devices import DEVICES, Device, DeviceFit, custom_device, device as device_preset, fit
+from koquant.plan.ggml_types import FILE_TYPES, file_type
+from koquant.plan.gguf_size import GGUFPlan, plan_gguf
+from koquant.plan.model_spec import ModelSpec, spec_from_config, spec_from_path
+from koquant.plan.other_formats import FormatPlan, plan_gptq, plan_onnx, plan_source
+from koquant.plan.presets import PRESETS, preset_spec
+
+__all__ = ["Export", "RuntimeEstimate", "Plan", "plan", "resolve_source", "DEFAULT_CTX", "GPTQ_VARIANTS", "SCHEMA"]
+
+SCHEMA = "koquant.plan/1"
+DEFAULT_CTX = (2048, 4096, 8192)
+# (bits, group size) planned by default
+GPTQ_VARIANTS: tuple[tuple[int, int], ...] = ((4, 128), (4, 32), (8, 128), (3, 128))
+ONNX_VARIANTS = ("fp32", "fp16", "int4")
+_MAX_CTX = 1 << 24
+
+ASSUMPTIONS = (
+    "GGUF: convert_hf_to_gguf.py then llama-quantize with default options, per-tensor types as in the pinned "
+    "llama.cpp (src/llama-quant.cpp); sizes include header, tokenizer metadata and 32-byte alignment",
+    "GGUF: i-quants that need an importance matrix are planned with one; others without (--imatrix changes "
+    "IQ4_XS/IQ4_NL/Q4_0/Q5_0 slightly)",
+    "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx); embeddings, "
+    "lm_head and norms 16-bit; not yet calibrated against koquant's exporter",
+    "ONNX: onnxruntime-genai builder for CPU; int4 = MatMulNBits block 32 symmetric with fp32 scales, "
+    "embedding kept float; tied embeddings stored once in fp32/fp16; not yet calibrated",
+    "RAM = weights + KV cache + compute estimate (4 B x 512 x (vocab + hidden + intermediate) + 128 MiB); "
+    "llama.cpp cache type from --kv-type, no sliding window for Mistral; transformers bf16 cache with the "
+    "window; onnxruntime-genai cache in the model's I/O type over the full context",
+    "devices: usable memory = RAM minus a stated reserve for the OS and other apps; --ram reserves nothing",
+)
+
+
+@dataclass(frozen=True)
+class Export:
+    """One planned export. ``weight_bytes`` is what the runtime keeps resident for weights."""
+
+    format: str
+    variant: str
+    runtime: str
+    file_bytes: int
+    weight_bytes: int
+    bits_per_weight: float
+    notes: tuple[str, ...]
+    detail: GGUFPlan | FormatPlan
+
+    @property
+    def key(self) -> str:
+        return f"{self.format}:{self.variant}"
+
+    def to_dict(self, *, tensors: bool = False) -> dict:
+        d = {
+            "key": self.key,
+            "format": self.format,
+            "variant": self.variant,
+            "runtime": self.runtime,
+            "file_bytes": self.file_bytes,
+            "weight_bytes": self.weight_bytes,
+            "bits_per_weight": round(self.bits_per_weight, 4),
+            "notes": list(self.notes),
+        }
+        det = self.detail
+        if isinstance(det, GGUFPlan):
+            d["metadata_bytes"] = det.metadata_bytes
+            d["needs_imatrix"] = det.needs_imatrix
+            d["type_counts"] = _type_counts(det)
+            d["fallbacks"] = [t.to_dict() for t in det.fallbacks]
+            if tensors:
+                d["tensors"] = [t.to_dict() for t in det.tensors]
+        else:
+            d["parts"] = dict(det.parts)
+        return d
+
+
+def _type_counts(p: GGUFPlan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in p.tensors:
+        counts[t.type] = counts.get(t.type, 0) + 1
+    return counts
+
+
+@dataclass(frozen=True)
+class RuntimeEstimate:
+    """Memory one export needs at one context length, and whether each device has it."""
+
+    export: str
+    ctx: int
+    weight_bytes: int
+    kv_bytes: int
+    kv_type: str
+    kv_window: int | None
+    compute_bytes: int
+    fits: tuple[DeviceFit, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + self.kv_bytes + self.compute_bytes
+
+    def fit_on(self, device: str) -> DeviceFit:
+        for f in self.fits:
+            if f.device == device:
+                return f
+        raise RecipeError(f"device {device!r} is not in this plan", hint="plan with --device NAME or without it")
+
+    def to_dict(self) -> dict:
+        return {
+            "export": self.export,
+            "ctx": self.ctx,
+            "weight_bytes": self.weight_bytes,
+            "kv_bytes": self.kv_bytes,
+            "kv_type": self.kv_type,
+            "kv_window": self.kv_window,
+            "compute_bytes": self.compute_bytes,
+            "total_bytes": self.total_bytes,
+            "fits": {f.device: {"fits": f.fits, "headroom_bytes": f.headroom_bytes} for f in self.fits},
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: ModelSpec
+    ctx: tuple[int, ...]
+    kv_type: str
+    devices: tuple[Device, ...]
+    exports: tuple[Export, ...]
+    runtime: tuple[RuntimeEstimate, ...]
+    assumptions: tuple[str, ...] = ASSUMPTIONS
+
+    def export(self, key: str) -> Export:
+        """An export by key (``"gguf:Q4_K_M"``) or by GGUF type alone (``"Q4_K_M"``)."""
+        k = key if ":" in key else f"gguf:{file_type(key).name}"
+        for e in self.exports:
+            if e.key.lower() == k.lower():
+                return e
+        raise RecipeError(f"no export {key!r} in this plan", hint="exports: " + ", ".join(e.key for e in self.exports))
+
+    def ram(self, key: str, ctx: int) -> RuntimeEstimate:
+        k = self.export(key).key
+        for r in self.runtime:
+            if r.export == k and r.ctx == ctx:
+                return r
+        raise RecipeError(f"context {ctx} was not planned", hint=f"planned contexts: {', '.join(map(str, self.ctx))}")
+
+    def all_assumptions(self) -> list[str]:
+        """The planner's assumptions plus the notes of this model's architecture."""
+        return list(self.assumptions) + [f"{self.model.arch}: {n}" for n in self.model.architecture.notes]
+
+    def to_dict(self, *, tensors: bool = False) -> dict:
+        return {
+            "schema": SCHEMA,
+            "model": self.model.to_dict(),
+            "ctx": list(self.ctx),
+            "kv_type": self.kv_type,
+            "devices": [d.to_dict() for d in self.devices],
+            "exports": [e.to_dict(tensors=tensors) for e in self.exports],
+            "runtime": [r.to_dict() for r in self.runtime],
+            "assumptions": self.all_assumptions(),
+        }
+
+
+def resolve_source(source) -> ModelSpec:
+    """A :class:`ModelSpec` from a folder, a config.json path, a config dict, a spec or a preset id."""
+    if isinstance(source, ModelSpec):
+        return source
+    if isinstance(source, dict):
+        return spec_from_config(source, name=str(source.get("_name_or_path") or "model"), source="config dict")
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.exists():
+            return spec_from_path(p)
+        if isinstance(source, str) and source.lower() in PRESETS:
+            return preset_spec(source)
+        raise CheckpointError(
+            f"{source} is neither a model folder, a config.json nor a preset",
+            hint="presets: " + ", ".join(PRESETS),
+        )
+    raise CheckpointError(f"cannot plan from a {type(source).__name__}", hint="pass a model folder, config.json or preset id")
+
+
+def _check_ctx(ctx: Iterable[int] | int) -> tuple[int, ...]:
+    values = (ctx,) if isinstance(ctx, int) else tuple(ctx)
+    if not values:
+        raise RecipeError("no context length given", hint="e.g. --ctx 2048,4096,8192")
+    for c in values:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 < c <= _MAX_CTX:
+            raise RecipeError(f"context length must be an integer from 1 to {_MAX_CTX}, got {c!r}", hint="e.g. --ctx 4096")
+    return tuple(sorted(set(values)))
+
+
+def _devices(device: str | Sequence[str] | None, ram) -> tuple[Device, ...]:
+    chosen: list[Device] = []
+    if device:
+        names = [device] if isinstance(device, str) else list(device)
+        chosen += [device_preset(n) for n in names]
+    if ram is not None:
+        chosen.append(custom_device(ram))
+    return tuple(chosen) if chosen else tuple(DEVICES.values())
+
+
+def _gguf_exports(spec: ModelSpec, types: Sequence[str], imatrix: bool) -> list[Export]:
+    out = []
+    for t in types:
+        p = plan_gguf(spec, t, imatrix=imatrix)
+        notes = []
+        if p.needs_imatrix:
+            notes.append("needs an importance matrix (--imatrix)")
+        if p.fallbacks:
+            notes.append(f"{len(p.fallbacks)} tensor(s) fall back to another type (row length not a block multiple)")
+        out.append(Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p))
+    return out
+
+
+def _other_exports(spec: ModelSpec, gptq: Sequence[tuple[int, int]], onnx: Sequence[str]) -> list[Export]:
+    out = []
+    for bits, group in gptq:
+        p = plan_gptq(spec, bits, group)
+        out.append(Export("gptq", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
+    for precision in onnx:
+        p = plan_onnx(spec, precision)
+        rt = "onnxruntime-genai-fp16" if precision == "fp16" else "onnxruntime-genai-fp32"
+        out.append(Export("onnx", p.variant, rt, p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
+    p = plan_source(spec)
+    out.append(Export("source", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
+    return out
+
+
+def plan(
+    source,
+    *,
+    ctx: Iterable[int] | int = DEFAULT_CTX,
+    kv_type: str = "f16",
+    device: str | Sequence[str] | None = None,
+    ram: str | int | None = None,
+    gguf_types: Sequence[str] | None = None,
+    gptq: Sequence[tuple[int, int]] = GPTQ_VARIANTS,
+    onnx: Sequence[str] = ONNX_VARIANTS,
+    imatrix: bool = False,
+) -> Plan:
+    """Plan every export of ``source`` (folder, config.json, config dict, ModelSpec or preset id).
+
+    ``ctx``: context lengths for the RAM estimates. ``kv_type``: llama.cpp cache type (f16,
+    q8_0, ...). ``device``: preset name(s) to check (default: all presets). ``ram``: a custom
+    memory budget ("8GB", or an int of bytes). ``gguf_types``: llama.cpp file types (default:
+    all). ``imatrix``: plan GGUF mixes as made with an importance matrix.
+    """
+    spec = resolve_source(source)
+    ctxs = _check_ctx(ctx)
+    kv_type = kvmod.check_kv_type(kv_type)
+    devices = _devices(device, ram)
+    types = [file_type(t).name for t in gguf_types] if gguf_types is not None else list(FILE_TYPES)
+    exports = _gguf_exports(spec, types, imatrix) + _other_exports(spec, gptq, onnx)
+    compute = kvmod.compute_buffer_bytes(spec)
+    runtime = []
+    for e in exports:
+        rt = kvmod.RUNTIMES[e.runtime]
+        for c in ctxs:
+            kv_bytes, kv_t, window = kvmod.runtime_kv_bytes(spec, c, rt, kv_type)
+            total = e.weight_bytes + kv_bytes + compute
+            fits = tuple(fit(d, total) for d in devices)
+            runtime.append(RuntimeEstimate(e.key, c, e.weight_bytes, kv_bytes, kv_t, window, compute, fits))
+    return Plan(spec, ctxs, kv_type, devices, tuple(exports), tuple(runtime))

@@ -1,0 +1,172 @@
+"""Miniature checkpoints of the five seed families.
+
+Each miniature keeps what makes its family hard to export - the HF class, the GQA ratio,
+rope theta, Gemma's tied embeddings and 256-wide heads, Mistral's sliding window, the real
+tokenizer kind and the exact prompt format - at dimensions small enough for a laptop, but
+multiples of 256 so llama.cpp's K-quants never fall back. Builds are deterministic and
+cached under ``$KOQUANT_CACHE/miniatures`` (default ``~/.cache/koquant``); weights are never
+committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import KoquantError
+from . import templates
+
+BUILD_VERSION = 3  # bump when the build recipe changes, to invalidate caches
+
+_COMMON = {
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-5,
+    "initializer_range": 0.02,
+    "torch_dtype": "float32",
+    "use_cache": True,
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str  # miniature name
+    seed_id: str  # the real model it stands for (shared/seed-models.md)
+    hf_class: str
+    model_type: str
+    tokenizer_kind: str  # koquant.testing.tokenizers.TOKENIZER_KINDS
+    chat_template: str
+    config: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+    # Every miniature is briefly trained on kobill, so its next-token distributions are peaked like a real
+    # model's (a random model's near-uniform logits make top-1 agreement a coin toss). The default model is
+    # trained longest, so that quality numbers (perplexity, imatrix gains) mean something.
+    train: dict = field(default_factory=lambda: {"steps": 40, "batch": 4, "seq_len": 128})
+
+
+FAMILIES: dict[str, Family] = {
+    f.id: f
+    for f in (
+        Family(
+            "ocelot-mini", "ocelot-10.8b", "LlamaForCausalLM", "llama", "korean-spm-llama", templates.OCELOT,
+            {**_COMMON, "num_hidden_layers": 4, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+            {"do_sample": True, "temperature": 0.2, "max_new_tokens": 4096},
+            train={"steps": 300, "batch": 8, "seq_len": 256},
+        ),
+        Family(
+            "synatra-mini", "synatra-7b", "MistralForCausalLM", "mistral", "mistral-v1", templates.SYNATRA,
+            {**_COMMON, "rope_theta": 10000.0, "max_position_embeddings": 32768, "sliding_window": 4096},
+            {"do_sample": True, "max_new_tokens": 1000},
+        ),
+        Family(
+            "komt-mini", "komt-mistral-7b", "MistralForCausalLM", "mistral", "mistral-v1", templates.KOMT,
+            {**_COMMON, "rope_theta": 10000.0, "max_position_embeddings": 32768, "sliding_window": 4096},
+            {"do_sample": True, "temperature": 0.8, "top_p": 0.8, "top_k": 100, "max_new_tokens": 1024},
+        ),
+        Family(
+            "llama3-ko-mini", "llama3-ko-8b-aog", "LlamaForCausalLM", "llama", "llama3-bpe", templates.AOG,
+            {**_COMMON, "rope_theta": 500000.0, "max_position_embeddings": 8192},
+            {"do_sample": False, "max_new_tokens": 512},
+        ),
+        Family(
+            "gemma-ko-mini", "gemma-ko-2b", "GemmaForCausalLM", "gemma", "korean-spm-gemma", templates.GEMMA,
+            {**_COMMON, "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 1,
+             "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh",
+             "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 8192, "tie_word_embeddings": True},
+            {"do_sample": True, "temperature": 0.1, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.2,
+             "max_new_tokens": 512},
+        ),
+    )
+}
+DEFAULT_MODEL = "ocelot-mini"
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise KoquantError(f"no miniature called {name!r}", hint="choose one of " + ", ".join(FAMILIES))
+    return FAMILIES[name]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("KOQUANT_CACHE") or Path.home() / ".cache" / "koquant") / "miniatures"
+
+
+def _key(fam: Family, trained: bool) -> str:
+    import torch
+    import transformers
+
+    blob = json.dumps(
+        {"family": asdict(fam), "trained": trained, "v": BUILD_VERSION,
+         "torch": torch.__version__, "transformers": transformers.__version__},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_miniature(name: str = DEFAULT_MODEL, *, trained: bool = True, root: Path | None = None,
+                    progress=None) -> Path:
+    """The folder of a miniature checkpoint, built and briefly trained once, then cached.
+
+    ``trained=False`` gives the random-weight model (for tests of structure, not quality).
+    """
+    fam = get_family(name)
+    root = Path(root) if root else cache_dir()
+    dest = root / f"{fam.id}{'' if trained else '-random'}-{_key(fam, trained)}"
+    if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{fam.id}-") as tmp:
+        work = Path(tmp) / "model"
+        _build(fam, work, trained, progress)
+        try:
+            os.rename(work, dest)
+        except OSError:  # built concurrently by another process: keep theirs
+            if not (dest / "model.safetensors").is_file():
+                raise
+    return dest
+
+
+def _build(fam: Family, out: Path, trained: bool, progress) -> None:
+    import torch
+    import transformers
+
+    from .tokenizers import write_tokenizer
+
+    out.mkdir(parents=True)
+    tok_info = write_tokenizer(fam.tokenizer_kind, out, chat_template=fam.chat_template)
+    cfg_cls = getattr(transformers, fam.hf_class.replace("ForCausalLM", "Config"))
+    cfg = cfg_cls(
+        **fam.config,
+        vocab_size=tok_info["vocab_size"],
+        bos_token_id=tok_info["bos_token_id"],
+        eos_token_id=tok_info["eos_token_id"],
+        pad_token_id=tok_info.get("pad_token_id"),
+    )
+    cfg.architectures = [fam.hf_class]
+    torch.manual_seed(int(hashlib.sha256(fam.id.encode()).hexdigest()[:8], 16))
+    model = getattr(transformers, fam.hf_class)(cfg).to(torch.float32).eval()
+    if trained:
+        from .train import train_on_korean
+
+        train_on_korean(model, out, **fam.train, progress=progress)
+    model.save_pretrained(out)
+    gen = {"bos_token_id": tok_info["bos_token_id"], "eos_token_id": tok_info["eos_token_id"], **fam.generation}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    # save_pretrained may rewrite tokenizer-side files; make sure the originals are in place
+    for extra in out.glob("*.bin"):
+        extra.unlink()
+
+
+def materialize(name: str, dest: Path, **kw) -> Path:
+    """A private copy of a miniature (for tests that damage or edit the folder)."""
+    src = build_miniature(name, **kw)
+    shutil.copytree(src, dest)
+    return dest

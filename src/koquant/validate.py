@@ -1,0 +1,93 @@
+"""The validation gate: an export's next-token logits against the source's.
+
+Metrics per export, over held-out Korean chunks fed as identical token ids:
+``top1`` (fraction of positions with the same argmax), ``kl_mean`` / ``kl_p99`` / ``kl_max``
+(KL(source || export) in nats), ``max_abs_diff`` of the raw logits. Each quant type has
+thresholds; an export outside them fails and is not written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    top1_min: float
+    kl_mean_max: float
+    max_abs_max: float | None = None
+
+
+# Bounds that every healthy export of a trained or random miniature meets and that broken
+# exports (wrong tokenizer, wrong rope, wrong norm, garbage weights: KL >> 1) never do.
+THRESHOLDS: dict[str, Thresholds] = {
+    "F32": Thresholds(1.0, 1e-6, 1e-3),
+    "F16": Thresholds(0.999, 1e-4, 1e-2),
+    "BF16": Thresholds(0.98, 1e-3, 1e-1),
+    "Q8_0": Thresholds(0.97, 2e-3),
+    "Q6_K": Thresholds(0.95, 5e-3),
+}
+_BY_BITS = [
+    (("Q5_",), Thresholds(0.92, 1e-2)),
+    (("Q4_", "IQ4_"), Thresholds(0.85, 3e-2)),
+    (("Q3_", "IQ3_"), Thresholds(0.70, 1e-1)),
+    (("Q2_", "IQ2_"), Thresholds(0.50, 4e-1)),
+    (("IQ1_", "TQ"), Thresholds(0.30, 1.0)),
+]
+
+
+def thresholds_for(quant: str) -> Thresholds:
+    if quant in THRESHOLDS:
+        return THRESHOLDS[quant]
+    for prefixes, th in _BY_BITS:
+        if quant.startswith(prefixes):
+            return th
+    return Thresholds(0.5, 0.5)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> dict:
+    """Metrics of ``exported`` against ``reference`` (lists of [positions, vocab] arrays)."""
+    kls, agree, max_abs, n = [], 0, 0.0, 0
+    for ref, got in zip(reference, exported, strict=True):
+        if ref.shape != got.shape:
+            raise ValidationError(f"logit shapes differ: source {ref.shape}, export {got.shape}")
+        lp, lq = _log_softmax(ref), _log_softmax(got)
+        kls.append((np.exp(lp) * (lp - lq)).sum(axis=-1))
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        max_abs = max(max_abs, float(np.abs(ref.astype(np.float64) - got).max()))
+        n += ref.shape[0]
+    kl = np.concatenate(kls)
+    return {
+        "positions": n,
+        "top1": agree / n,
+        "kl_mean": float(kl.mean()),
+        "kl_p99": float(np.percentile(kl, 99)),
+        "kl_max": float(kl.max()),
+        "max_abs_diff": max_abs,
+    }
+
+
+def judge(quant: str, metrics: dict, token_ids_identical: bool, extra_failures: list[str] | None = None) -> dict:
+    """The gate's verdict, recorded in the manifest: thresholds, failures, passed."""
+    th = thresholds_for(quant)
+    failures = list(extra_failures or [])
+    if not token_ids_identical:
+        failures.append("token ids of the held-out text differ from the source tokenizer")
+    if metrics["top1"] < th.top1_min:
+        failures.append(f"top-1 agreement {metrics['top1']:.4f} < {th.top1_min}")
+    if metrics["kl_mean"] > th.kl_mean_max:
+        failures.append(f"mean KL {metrics['kl_mean']:.3g} > {th.kl_mean_max}")
+    if th.max_abs_max is not None and metrics["max_abs_diff"] > th.max_abs_max:
+        failures.append(f"max abs logit diff {metrics['max_abs_diff']:.3g} > {th.max_abs_max}")
+    return {**metrics, "token_ids_identical": token_ids_identical, "thresholds": asdict(th),
+            "failures": failures, "passed": not failures}

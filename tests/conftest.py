@@ -1,0 +1,62 @@
+"""Shared fixtures: miniatures of every seed family and their GGUF exports, built once per session.
+
+Miniatures and llama.cpp sources are cached under $KOQUANT_CACHE (default ~/.cache/koquant),
+so a second run reuses them; exports are made fresh in a per-session temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from koquant.testing.miniatures import DEFAULT_MODEL, FAMILIES, build_miniature  # noqa: E402
+
+GGUF_QUANTS = ("F16", "Q8_0", "Q4_K_M")
+
+
+@pytest.fixture(scope="session")
+def miniature():
+    """miniature(name) -> path of the cached, briefly trained miniature checkpoint."""
+    return build_miniature
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    return build_miniature(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def gguf_exports(tmp_path_factory):
+    """export(name) -> Artifact of F16,Q8_0,Q4_K_M for a family, made once per session."""
+    import koquant
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            out = tmp_path_factory.mktemp("gguf") / name
+            recipe = koquant.Recipe("gguf", GGUF_QUANTS, name=name, calib_chunks=8)
+            made[name] = koquant.export(build_miniature(name), recipe, out)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def llama_tools():
+    """llama.cpp's own tools (llama-imatrix, llama-perplexity) built from the pinned sources, cached."""
+    from koquant.llamacpp import build_tools
+
+    return build_tools()
+
+
+def pytest_generate_tests(metafunc):
+    # Tests asking for `family` run once per seed family, generated from the registry, so a new
+    # family without tests cannot slip in.
+    if "family" in metafunc.fixturenames:
+        metafunc.parametrize("family", sorted(FAMILIES))
