@@ -25,6 +25,7 @@ from koquant.plan import (
     SEED_IDS,
     compare_gguf,
     compute_buffer_bytes,
+    gguf_tensors,
     kv_cache_bytes,
     parse_size,
     plan,
@@ -33,12 +34,11 @@ from koquant.plan import (
     plan_onnx,
     preset_spec,
     read_gguf,
-    gguf_tensors,
     spec_from_config,
     spec_from_path,
 )
 from koquant.plan import cli as plan_cli
-from koquant.plan.vocab_footprint import VocabFootprint, footprint_from_dir
+from koquant.plan.vocab_footprint import footprint_from_dir
 
 GiB = 1024**3
 MiB = 1024**2
@@ -48,12 +48,30 @@ MiB = 1024**2
 # llama.cpp tools/quantize/README.md, meta-llama/Llama-3.1-8B: size (GiB) and bits/weight.
 # "size" there is llama-bench's model size: tensor bytes without the header.
 LLAMA31_8B = {
-    "IQ1_S": (1.87, 2.0042), "IQ1_M": (2.01, 2.1460), "IQ2_XXS": (2.23, 2.3824), "IQ2_XS": (2.42, 2.5882),
-    "IQ2_S": (2.56, 2.7403), "IQ2_M": (2.74, 2.9294), "IQ3_XXS": (3.04, 3.2548), "IQ3_XS": (3.27, 3.4977),
-    "IQ3_S": (3.42, 3.6606), "IQ3_M": (3.52, 3.7628), "IQ4_XS": (4.17, 4.4597), "IQ4_NL": (4.38, 4.6818),
-    "Q2_K_S": (2.78, 2.9697), "Q2_K": (2.95, 3.1593), "Q3_K_S": (3.41, 3.6429), "Q3_K_M": (3.74, 3.9960),
-    "Q3_K_L": (4.02, 4.2979), "Q4_K_S": (4.36, 4.6672), "Q4_K_M": (4.58, 4.8944), "Q5_K_S": (5.21, 5.5704),
-    "Q5_K_M": (5.33, 5.7036), "Q6_K": (6.14, 6.5633), "Q8_0": (7.95, 8.5008), "F16": (14.96, 16.0005),
+    "IQ1_S": (1.87, 2.0042),
+    "IQ1_M": (2.01, 2.1460),
+    "IQ2_XXS": (2.23, 2.3824),
+    "IQ2_XS": (2.42, 2.5882),
+    "IQ2_S": (2.56, 2.7403),
+    "IQ2_M": (2.74, 2.9294),
+    "IQ3_XXS": (3.04, 3.2548),
+    "IQ3_XS": (3.27, 3.4977),
+    "IQ3_S": (3.42, 3.6606),
+    "IQ3_M": (3.52, 3.7628),
+    "IQ4_XS": (4.17, 4.4597),
+    "IQ4_NL": (4.38, 4.6818),
+    "Q2_K_S": (2.78, 2.9697),
+    "Q2_K": (2.95, 3.1593),
+    "Q3_K_S": (3.41, 3.6429),
+    "Q3_K_M": (3.74, 3.9960),
+    "Q3_K_L": (4.02, 4.2979),
+    "Q4_K_S": (4.36, 4.6672),
+    "Q4_K_M": (4.58, 4.8944),
+    "Q5_K_S": (5.21, 5.5704),
+    "Q5_K_M": (5.33, 5.7036),
+    "Q6_K": (6.14, 6.5633),
+    "Q8_0": (7.95, 8.5008),
+    "F16": (14.96, 16.0005),
 }
 
 
@@ -130,7 +148,15 @@ def test_seed_preset_configs(pid):
     s = preset_spec(pid)
     arch, layers, hidden, inter, heads, kv, hd, vocab, tied, params = EXPECTED[pid]
     assert (s.arch, s.n_layers, s.hidden, s.intermediate, s.n_heads, s.n_kv_heads, s.head_dim, s.vocab, s.tied) == (
-        arch, layers, hidden, inter, heads, kv, hd, vocab, tied,
+        arch,
+        layers,
+        hidden,
+        inter,
+        heads,
+        kv,
+        hd,
+        vocab,
+        tied,
     )
     assert s.n_params / 1e9 == pytest.approx(params, abs=0.01)
     p = plan(pid)
@@ -174,13 +200,26 @@ def test_every_registered_architecture_plans(name):
 def test_config_synonyms_resolve_in_one_place():
     cfg = {"model_type": "llama", "n_layer": 2, "n_embd": 256, "n_inner": 512, "n_head": 4, "n_vocab": 1000}
     s = spec_from_config(cfg)
-    assert (s.n_layers, s.hidden, s.intermediate, s.n_heads, s.n_kv_heads, s.head_dim, s.vocab) == (2, 256, 512, 4, 4, 64, 1000)
+    assert (s.n_layers, s.hidden, s.intermediate, s.n_heads, s.n_kv_heads, s.head_dim, s.vocab) == (
+        2,
+        256,
+        512,
+        4,
+        4,
+        64,
+        1000,
+    )
     assert s.tied is False  # llama's default
     g = spec_from_config({**cfg, "model_type": "gemma"})
     assert g.tied is True  # gemma's default
     q = spec_from_config({**cfg, "model_type": "qwen2", "sliding_window": 1024})
     assert q.sliding_window is None  # only with use_sliding_window
-    assert spec_from_config({**cfg, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 1024}).sliding_window == 1024
+    assert (
+        spec_from_config(
+            {**cfg, "model_type": "qwen2", "use_sliding_window": True, "sliding_window": 1024}
+        ).sliding_window
+        == 1024
+    )
     m = spec_from_config({**cfg, "model_type": "mistral", "sliding_window": None})
     assert m.sliding_window is None  # v0.2+: explicit null
     nested = spec_from_config({"architectures": ["LlamaForCausalLM"], "text_config": cfg})
@@ -255,7 +294,15 @@ def test_custom_ram_and_device_selection():
 
 
 @pytest.mark.parametrize(
-    "text,expected", [("8GB", 8 * GiB), ("8 GiB", 8 * GiB), ("7.5g", int(7.5 * GiB)), ("512MB", 512 * MiB), ("16", 16 * GiB), (1000, 1000)]
+    "text,expected",
+    [
+        ("8GB", 8 * GiB),
+        ("8 GiB", 8 * GiB),
+        ("7.5g", int(7.5 * GiB)),
+        ("512MB", 512 * MiB),
+        ("16", 16 * GiB),
+        (1000, 1000),
+    ],
 )
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
@@ -318,7 +365,9 @@ def _llama_cfg(*, hidden=256, intermediate=512, layers=2, heads=4, kv=2, vocab=5
     }
 
 
-@pytest.mark.parametrize("missing", ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"])
+@pytest.mark.parametrize(
+    "missing", ["num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size"]
+)
 def test_missing_key_is_named(missing):
     cfg = _llama_cfg()
     del cfg[missing]
@@ -365,7 +414,9 @@ def test_bad_sources(tmp_path):
         preset_spec("gpt-5")
 
 
-@pytest.mark.parametrize("kwargs", [{"ctx": ()}, {"ctx": (0,)}, {"ctx": ("4k",)}, {"kv_type": "q3"}, {"gguf_types": ["Q9_X"]}])
+@pytest.mark.parametrize(
+    "kwargs", [{"ctx": ()}, {"ctx": (0,)}, {"ctx": ("4k",)}, {"kv_type": "q3"}, {"gguf_types": ["Q9_X"]}]
+)
 def test_bad_options(kwargs):
     with pytest.raises(RecipeError):
         plan("gemma-ko-2b", **kwargs)
@@ -396,8 +447,12 @@ def _spm_model(pieces: list[str]) -> bytes:
 def test_folder_with_sentencepiece_and_safetensors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_llama_cfg(vocab=8)))
     (tmp_path / "tokenizer.model").write_bytes(_spm_model(["<unk>", "<s>", "</s>", "▁안녕", "a", "b"]))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}", "added_tokens_decoder": {"5": {"content": "<|im|>"}}}))
-    header = json.dumps({"model.embed_tokens.weight": {"dtype": "BF16", "shape": [8, 256], "data_offsets": [0, 4096]}}).encode()
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": "{{ x }}", "added_tokens_decoder": {"5": {"content": "<|im|>"}}})
+    )
+    header = json.dumps(
+        {"model.embed_tokens.weight": {"dtype": "BF16", "shape": [8, 256], "data_offsets": [0, 4096]}}
+    ).encode()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 4096)
     s = spec_from_path(tmp_path)
     fp = s.vocab_footprint
@@ -447,10 +502,13 @@ def _subprocess_env() -> dict:
 def test_import_and_plan_do_not_load_heavy_backends():
     code = (
         "import sys, koquant.plan as kp; kp.plan('gemma-ko-2b'); kp.plan('ocelot-10.8b').to_dict();"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'llama_cpp', 'onnxruntime', 'rich'));"
+        "heavy = sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('torch', 'transformers', 'llama_cpp', 'onnxruntime', 'rich'));"
         "print(heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_subprocess_env(), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_subprocess_env(), check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -471,14 +529,23 @@ def test_cli_json_shape_and_speed():
     assert rc == 0
     d = json.loads(out)
     assert d["schema"] == "koquant.plan/1"
-    assert set(d) == {"schema", "model", "ctx", "kv_type", "devices", "exports", "runtime", "assumptions"}
+    assert set(d) == {"schema", "model", "ctx", "kv_type", "devices", "exports", "runtime", "warnings", "assumptions"}
+    assert any("longer than the 4096 positions" in w for w in d["warnings"])  # ocelot was trained on 4096
     assert d["ctx"] == [2048, 4096, 8192] and d["kv_type"] == "f16"
     assert d["model"]["name"] == "ocelot-10.8b" and d["model"]["n_layers"] == 48
     keys = [e["key"] for e in d["exports"]]
     assert {f"gguf:{t}" for t in FILE_TYPES} <= set(keys)
     assert {"gptq:4bit-g128", "onnx:fp32", "onnx:fp16", "onnx:int4", "source:bf16"} <= set(keys)
     e = next(e for e in d["exports"] if e["key"] == "gguf:Q4_K_M")
-    assert {"file_bytes", "weight_bytes", "bits_per_weight", "type_counts", "fallbacks", "needs_imatrix", "notes"} <= set(e)
+    assert {
+        "file_bytes",
+        "weight_bytes",
+        "bits_per_weight",
+        "type_counts",
+        "fallbacks",
+        "needs_imatrix",
+        "notes",
+    } <= set(e)
     assert len(d["runtime"]) == len(keys) * 3
     r = d["runtime"][0]
     assert {"export", "ctx", "weight_bytes", "kv_bytes", "compute_bytes", "total_bytes", "fits"} <= set(r)
@@ -490,7 +557,20 @@ def test_cli_json_shape_and_speed():
 
 
 def test_cli_table_and_options(tmp_path):
-    rc, out = _run_cli(["--preset", "synatra-7b", "--ctx", "4k,8192", "--device", "laptop-16gb", "--ram", "8GB", "--types", "Q4_K_M,Q8_0"])
+    rc, out = _run_cli(
+        [
+            "--preset",
+            "synatra-7b",
+            "--ctx",
+            "4k,8192",
+            "--device",
+            "laptop-16gb",
+            "--ram",
+            "8GB",
+            "--types",
+            "Q4_K_M,Q8_0",
+        ]
+    )
     assert rc == 0
     assert "synatra-7b" in out and "gguf:Q4_K_M" in out and "laptop-16gb" in out and "ram-8gb" in out
     assert "gguf:Q6_K" not in out
@@ -502,7 +582,12 @@ def test_cli_table_and_options(tmp_path):
 
 @pytest.mark.parametrize(
     "argv,err",
-    [([], RecipeError), (["x", "--preset", "gemma-ko-2b"], RecipeError), (["--preset", "nope"], RecipeError), (["--preset", "gemma-ko-2b", "--ctx", "abc"], RecipeError)],
+    [
+        ([], RecipeError),
+        (["x", "--preset", "gemma-ko-2b"], RecipeError),
+        (["--preset", "nope"], RecipeError),
+        (["--preset", "gemma-ko-2b", "--ctx", "abc"], RecipeError),
+    ],
 )
 def test_cli_errors(argv, err):
     with pytest.raises(err):
@@ -511,12 +596,18 @@ def test_cli_errors(argv, err):
 
 def test_module_entry_point_reports_errors():
     out = subprocess.run(
-        [sys.executable, "-m", "koquant.plan", "--preset", "nope"], capture_output=True, text=True, env=_subprocess_env()
+        [sys.executable, "-m", "koquant.plan", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
     )
     assert out.returncode == 2 and "unknown preset" in out.stderr and "hint:" in out.stderr
     t0 = time.perf_counter()
     ok = subprocess.run(
-        [sys.executable, "-m", "koquant.plan", "--preset", "llama3-ko-8b-aog", "--json"], capture_output=True, text=True, env=_subprocess_env()
+        [sys.executable, "-m", "koquant.plan", "--preset", "llama3-ko-8b-aog", "--json"],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
     )
     assert ok.returncode == 0 and json.loads(ok.stdout)["model"]["vocab"] == 128256
     assert time.perf_counter() - t0 < 3.0  # interpreter start included; the planning itself is ~0.1 s
@@ -556,7 +647,17 @@ def _u32(v):
 
 def _tiny_llama(path: Path, cfg: dict, seed: int = 0) -> None:
     """A random Llama in GGUF F16, the way convert_hf_to_gguf lays it out (norms F32)."""
-    h, ff, n, heads, kv, vocab = (cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"))
+    h, ff, n, heads, kv, vocab = (
+        cfg[k]
+        for k in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+        )
+    )
     hd = h // heads
     rng = np.random.default_rng(seed)
 
@@ -570,10 +671,15 @@ def _tiny_llama(path: Path, cfg: dict, seed: int = 0) -> None:
     for i in range(n):
         p = f"blk.{i}."
         tensors += [
-            (p + "attn_norm.weight", ones, 0), (p + "attn_q.weight", w(heads * hd, h), 1),
-            (p + "attn_k.weight", w(kv * hd, h), 1), (p + "attn_v.weight", w(kv * hd, h), 1),
-            (p + "attn_output.weight", w(h, heads * hd), 1), (p + "ffn_norm.weight", ones, 0),
-            (p + "ffn_gate.weight", w(ff, h), 1), (p + "ffn_up.weight", w(ff, h), 1), (p + "ffn_down.weight", w(h, ff), 1),
+            (p + "attn_norm.weight", ones, 0),
+            (p + "attn_q.weight", w(heads * hd, h), 1),
+            (p + "attn_k.weight", w(kv * hd, h), 1),
+            (p + "attn_v.weight", w(kv * hd, h), 1),
+            (p + "attn_output.weight", w(h, heads * hd), 1),
+            (p + "ffn_norm.weight", ones, 0),
+            (p + "ffn_gate.weight", w(ff, h), 1),
+            (p + "ffn_up.weight", w(ff, h), 1),
+            (p + "ffn_down.weight", w(h, ff), 1),
         ]
     meta = {
         "general.architecture": (8, _gguf_str("llama")),
@@ -634,7 +740,9 @@ def test_plan_matches_llama_quantize(gguf_dir, name, ftype):
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
     params.nthread = 1
-    rc = llama_cpp.llama_model_quantize(str(gguf_dir / f"{name}-F16.gguf").encode(), str(out).encode(), ctypes.byref(params))
+    rc = llama_cpp.llama_model_quantize(
+        str(gguf_dir / f"{name}-F16.gguf").encode(), str(out).encode(), ctypes.byref(params)
+    )
     assert rc == 0
     cmp = compare_gguf(MINIATURES[name], out)
     assert cmp.ftype == ftype
@@ -642,6 +750,18 @@ def test_plan_matches_llama_quantize(gguf_dir, name, ftype):
     assert cmp.size_ok(), (cmp.planned_bytes, cmp.real_bytes)
     # the only difference is the metadata the planner expects and this bare file lacks
     assert cmp.plan.tensor_bytes == read_gguf(out).tensor_data_bytes
+
+
+def test_plan_matches_miniature_exports(family, gguf_exports, miniature):
+    """Acceptance: every GGUF the suite exports is planned within 2 % / 64 KiB, tensor by tensor."""
+    pytest.importorskip("llama_cpp")
+    art = gguf_exports(family)
+    source = miniature(family)
+    assert art.files
+    for f in art.files:
+        cmp = compare_gguf(source, art.path / f["path"])
+        assert cmp.types_ok, (f["path"], cmp.mismatches, cmp.missing, cmp.extra)
+        assert cmp.size_ok(), (f["path"], cmp.planned_bytes, cmp.real_bytes)
 
 
 def _valid_bytes(gguf_dir) -> bytes:
@@ -662,15 +782,18 @@ def _header(n_tensors: int, n_kv: int, version: int = 3) -> bytes:
     "data,match",
     [
         (b"", "not a GGUF"),
-        (b"GGU", "not a GGUF"),
+        (b"GGU", "truncated"),
         (b"GGML" + b"\0" * 40, "not a GGUF"),
         (_header(0, 0, version=1), "unsupported GGUF version 1"),
         (_header(1 << 60, 0), "claims"),
         (_header(0, 1 << 60), "claims"),
-        (_header(0, 1) + struct.pack("<Q", 1 << 62) + b"x" * 20, "needs"),  # key length beyond the file
+        (_header(0, 1) + struct.pack("<Q", 1 << 62) + b"x" * 20, "bytes long"),  # absurd key length
         (_header(0, 1) + _gguf_str("k") + struct.pack("<I", 8) + struct.pack("<Q", 1 << 40), "needs"),  # huge string
         (_header(0, 1) + _gguf_str("k") + struct.pack("<IIQ", 9, 4, 1 << 61), "more than the file holds"),  # huge array
-        (_header(0, 1) + _gguf_str("k") + struct.pack("<IIQ", 9, 8, 1 << 40), "more than the file holds"),  # huge string array
+        (
+            _header(0, 1) + _gguf_str("k") + struct.pack("<IIQ", 9, 8, 1 << 40),
+            "more than the file holds",
+        ),  # huge string array
         (_header(0, 1) + _gguf_str("k") + struct.pack("<I", 99) + b"\0" * 16, "unknown value type"),
         (_header(0, 1) + _gguf_str("general.alignment") + struct.pack("<II", 4, 3), "power of two"),
         (_header(1, 0) + _gguf_str("t") + struct.pack("<I", 9) + b"\0" * 40, "dimensions"),

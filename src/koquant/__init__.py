@@ -15,7 +15,7 @@ __all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "__vers
 
 def __getattr__(name: str):
     if name == "export":
-        from .export import export
+        from .pipeline import export
 
         return export
     if name == "Recipe":

@@ -81,7 +81,7 @@ def main_export(args: argparse.Namespace) -> int:
             calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
             eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
         )
-        from .export import export
+        from .pipeline import export
 
         art = export(model_dir, recipe, args.output, allow_pickle=args.allow_pickle, force=args.force,
                      progress=progress, base_model=args.base_model)

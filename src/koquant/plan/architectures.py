@@ -11,8 +11,9 @@ Adding an architecture is one ``@register`` call here plus one test case.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from koquant.errors import RecipeError
 
@@ -69,22 +70,23 @@ class Architecture:
     model_types: tuple[str, ...]
     gguf_arch: str
     tied_default: bool
-    layout: Callable[["ModelSpec"], list[Weight]]
+    layout: Callable[[ModelSpec], list[Weight]]
     window_default: int | None = None
     window_requires_flag: str | None = None
     gguf_drops_lm_head: bool = False
     llama_cpp_window: bool = False
     qkv_bias: bool = False
+    tokenizer_kind: str | None = None  # "spm"/"bpe" when the family always uses one
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
 
 
-def register(**kwargs) -> Callable[[Callable[["ModelSpec"], list[Weight]]], Callable]:
+def register(**kwargs) -> Callable[[Callable[[ModelSpec], list[Weight]]], Callable]:
     """Register an architecture whose weight layout is the decorated function."""
 
-    def deco(layout: Callable[["ModelSpec"], list[Weight]]):
+    def deco(layout: Callable[[ModelSpec], list[Weight]]):
         arch = Architecture(layout=layout, **kwargs)
         ARCHITECTURES[arch.name] = arch
         return layout
@@ -113,7 +115,7 @@ def architecture_for(config: dict) -> Architecture:
     )
 
 
-def weights(spec: "ModelSpec") -> list[Weight]:
+def weights(spec: ModelSpec) -> list[Weight]:
     """All stored weights of the model, in checkpoint order (embedding, layers, head)."""
     return ARCHITECTURES[spec.arch].layout(spec)
 
@@ -122,7 +124,7 @@ def weights(spec: "ModelSpec") -> list[Weight]:
 
 
 def _decoder_layout(
-    spec: "ModelSpec", *, qkv_bias: bool, gguf_has_output: bool, rope_freqs: bool = False
+    spec: ModelSpec, *, qkv_bias: bool, gguf_has_output: bool, rope_freqs: bool = False
 ) -> list[Weight]:
     """The Llama-style decoder: RMSNorm, GQA attention, SwiGLU MLP."""
     h, ff = spec.hidden, spec.intermediate
@@ -136,7 +138,11 @@ def _decoder_layout(
     for i in range(spec.n_layers):
         p, m = f"blk.{i}.", f"model.layers.{i}."
         out.append(Weight(p + "attn_norm.weight", (h,), "norm", i))
-        for short, hf, rows in (("attn_q", "q_proj", q_dim), ("attn_k", "k_proj", kv_dim), ("attn_v", "v_proj", kv_dim)):
+        for short, hf, rows in (
+            ("attn_q", "q_proj", q_dim),
+            ("attn_k", "k_proj", kv_dim),
+            ("attn_v", "v_proj", kv_dim),
+        ):
             out.append(Weight(f"{p}{short}.weight", (h, rows), "linear", i, m + "self_attn." + hf))
             if attn_bias:
                 out.append(Weight(f"{p}{short}.bias", (rows,), "bias", i))
@@ -144,7 +150,11 @@ def _decoder_layout(
         if spec.attention_bias:
             out.append(Weight(p + "attn_output.bias", (h,), "bias", i))
         out.append(Weight(p + "ffn_norm.weight", (h,), "norm", i))
-        for short, hf, shape in (("ffn_gate", "gate_proj", (h, ff)), ("ffn_up", "up_proj", (h, ff)), ("ffn_down", "down_proj", (ff, h))):
+        for short, hf, shape in (
+            ("ffn_gate", "gate_proj", (h, ff)),
+            ("ffn_up", "up_proj", (h, ff)),
+            ("ffn_down", "down_proj", (ff, h)),
+        ):
             out.append(Weight(f"{p}{short}.weight", shape, "linear", i, m + "mlp." + hf))
             if spec.mlp_bias:
                 out.append(Weight(f"{p}{short}.bias", (shape[1],), "bias", i))
@@ -154,7 +164,7 @@ def _decoder_layout(
     return out
 
 
-def _head_is_stored(spec: "ModelSpec") -> bool:
+def _head_is_stored(spec: ModelSpec) -> bool:
     """Untied models store ``lm_head``; tied ones only if the checkpoint has the tensor anyway."""
     if not spec.tied:
         return True
@@ -169,7 +179,7 @@ def _head_is_stored(spec: "ModelSpec") -> bool:
     tied_default=False,
     notes=("Llama 3 rope scaling ('llama3') adds an F32 rope_freqs tensor to the GGUF",),
 )
-def _llama(spec: "ModelSpec") -> list[Weight]:
+def _llama(spec: ModelSpec) -> list[Weight]:
     return _decoder_layout(spec, qkv_bias=False, gguf_has_output=_head_is_stored(spec), rope_freqs=True)
 
 
@@ -183,7 +193,7 @@ def _llama(spec: "ModelSpec") -> list[Weight]:
     llama_cpp_window=False,
     notes=("llama.cpp converts Mistral to the llama architecture and ignores its sliding window",),
 )
-def _mistral(spec: "ModelSpec") -> list[Weight]:
+def _mistral(spec: ModelSpec) -> list[Weight]:
     return _decoder_layout(spec, qkv_bias=False, gguf_has_output=_head_is_stored(spec), rope_freqs=True)
 
 
@@ -194,12 +204,13 @@ def _mistral(spec: "ModelSpec") -> list[Weight]:
     gguf_arch="gemma",
     tied_default=True,
     gguf_drops_lm_head=True,
+    tokenizer_kind="spm",
     notes=(
         "Gemma ties the head to the embedding: the GGUF has no output.weight and the token "
         "embedding is quantized like an output tensor (Q6_K in Q4_K_M)",
     ),
 )
-def _gemma(spec: "ModelSpec") -> list[Weight]:
+def _gemma(spec: ModelSpec) -> list[Weight]:
     return _decoder_layout(spec, qkv_bias=False, gguf_has_output=False)
 
 
@@ -214,5 +225,5 @@ def _gemma(spec: "ModelSpec") -> list[Weight]:
     qkv_bias=True,
     notes=("Qwen2 has q/k/v biases (kept F32 in GGUF)",),
 )
-def _qwen2(spec: "ModelSpec") -> list[Weight]:
+def _qwen2(spec: ModelSpec) -> list[Weight]:
     return _decoder_layout(spec, qkv_bias=True, gguf_has_output=_head_is_stored(spec))

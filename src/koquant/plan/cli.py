@@ -36,9 +36,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("source", nargs="?", help="model folder or config.json (or use --preset)")
     parser.add_argument("--preset", metavar="NAME", help="a built-in configuration: " + ", ".join(PRESETS))
-    parser.add_argument("--ctx", default="2048,4096,8192", help="context lengths, comma separated (default: %(default)s)")
-    parser.add_argument("--kv-type", default="f16", choices=sorted(KV_TYPES), help="llama.cpp KV cache type (default: f16)")
-    parser.add_argument("--device", metavar="NAME", action="append", help="check only this device (repeatable): " + ", ".join(DEVICES))
+    parser.add_argument(
+        "--ctx", default="2048,4096,8192", help="context lengths, comma separated (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--kv-type", default="f16", choices=sorted(KV_TYPES), help="llama.cpp KV cache type (default: f16)"
+    )
+    parser.add_argument(
+        "--device", metavar="NAME", action="append", help="check only this device (repeatable): " + ", ".join(DEVICES)
+    )
     parser.add_argument("--ram", metavar="SIZE", help="check a custom memory budget, e.g. 8GB (nothing reserved)")
     parser.add_argument(
         "--types",
@@ -60,7 +66,9 @@ def _parse_ctx(text: str) -> list[int]:
         try:
             out.append(int(part[:-1] if mult > 1 else part) * mult)
         except ValueError:
-            raise RecipeError(f"--ctx: {part!r} is not a number", hint="e.g. --ctx 2048,4096,8192 or --ctx 8k") from None
+            raise RecipeError(
+                f"--ctx: {part!r} is not a number", hint="e.g. --ctx 2048,4096,8192 or --ctx 8k"
+            ) from None
     if not out:
         raise RecipeError("--ctx is empty", hint="e.g. --ctx 2048,4096,8192")
     return out
@@ -86,7 +94,9 @@ def main(args: argparse.Namespace) -> int:
 
     if bool(args.source) == bool(args.preset):
         raise RecipeError(
-            "give either a model folder / config.json or --preset NAME" if not args.source else "give a source or --preset, not both",
+            "give either a model folder / config.json or --preset NAME"
+            if not args.source
+            else "give a source or --preset, not both",
             hint="e.g. koquant plan --preset ocelot-10.8b",
         )
     types = _gguf_types(args.types, args.json)

@@ -77,8 +77,22 @@ DEVICES: dict[str, Device] = {
     )
 }
 
-_UNITS = {"": GiB, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": MiB, "mb": MiB, "mib": MiB,
-          "g": GiB, "gb": GiB, "gib": GiB, "t": 1024 * GiB, "tb": 1024 * GiB, "tib": 1024 * GiB}
+_UNITS = {
+    "": GiB,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": MiB,
+    "mb": MiB,
+    "mib": MiB,
+    "g": GiB,
+    "gb": GiB,
+    "gib": GiB,
+    "t": 1024 * GiB,
+    "tb": 1024 * GiB,
+    "tib": 1024 * GiB,
+}
 
 
 def parse_size(text: str | int) -> int:
@@ -104,14 +118,18 @@ def parse_size(text: str | int) -> int:
 def device(name: str) -> Device:
     found = DEVICES.get(str(name).lower())
     if found is None:
-        raise RecipeError(f"unknown device {name!r}", hint="known devices: " + ", ".join(DEVICES) + "; or use --ram 8GB")
+        raise RecipeError(
+            f"unknown device {name!r}", hint="known devices: " + ", ".join(DEVICES) + "; or use --ram 8GB"
+        )
     return found
 
 
 def custom_device(ram: str | int) -> Device:
     size = parse_size(ram)
     label = f"{size / GiB:g}" if size >= GiB else f"{size / MiB:g}m"
-    return Device(f"ram-{label}gb" if size >= GiB else f"ram-{label}b", size, 0, "memory given with --ram, nothing reserved")
+    return Device(
+        f"ram-{label}gb" if size >= GiB else f"ram-{label}b", size, 0, "memory given with --ram, nothing reserved"
+    )
 
 
 def fit(dev: Device, required_bytes: int) -> DeviceFit:

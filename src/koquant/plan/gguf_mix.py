@@ -31,17 +31,38 @@ __all__ = ["TensorChoice", "MixContext", "choose_types", "category"]
 
 # tensor categories (llama-quant.cpp's tensor_category)
 TOKEN_EMBD, OUTPUT, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUT, FFN_UP, FFN_GATE, FFN_DOWN, OTHER = (
-    "token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_gate", "ffn_down", "other"
+    "token_embd",
+    "output",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_up",
+    "ffn_gate",
+    "ffn_down",
+    "other",
 )
 
 _IQ_VERY_LOW = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
 _IQ_HEAD_Q5K = _IQ_VERY_LOW | {"IQ3_XXS"}
 _NEEDS_IMATRIX_TYPES = {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"}
 _FALLBACK = {
-    "IQ1_S": "IQ4_NL", "IQ1_M": "IQ4_NL", "IQ2_XXS": "IQ4_NL", "IQ2_XS": "IQ4_NL", "IQ2_S": "IQ4_NL",
-    "IQ3_XXS": "IQ4_NL", "IQ3_S": "IQ4_NL", "IQ4_XS": "IQ4_NL",
-    "Q2_K": "Q4_0", "Q3_K": "Q4_0", "TQ1_0": "Q4_0", "TQ2_0": "Q4_0", "Q2_0": "Q4_0",
-    "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0",
+    "IQ1_S": "IQ4_NL",
+    "IQ1_M": "IQ4_NL",
+    "IQ2_XXS": "IQ4_NL",
+    "IQ2_XS": "IQ4_NL",
+    "IQ2_S": "IQ4_NL",
+    "IQ3_XXS": "IQ4_NL",
+    "IQ3_S": "IQ4_NL",
+    "IQ4_XS": "IQ4_NL",
+    "Q2_K": "Q4_0",
+    "Q3_K": "Q4_0",
+    "TQ1_0": "Q4_0",
+    "TQ2_0": "Q4_0",
+    "Q2_0": "Q4_0",
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
 }
 
 
@@ -71,8 +92,13 @@ def category(name: str) -> str:
     if name in ("token_embd.weight", "per_layer_token_embd.weight"):
         return TOKEN_EMBD
     for key, cat in (
-        ("attn_v.weight", ATTN_V), ("attn_k.weight", ATTN_K), ("attn_q.weight", ATTN_Q),
-        ("attn_output.weight", ATTN_OUT), ("ffn_up", FFN_UP), ("ffn_gate", FFN_GATE), ("ffn_down", FFN_DOWN),
+        ("attn_v.weight", ATTN_V),
+        ("attn_k.weight", ATTN_K),
+        ("attn_q.weight", ATTN_Q),
+        ("attn_output.weight", ATTN_OUT),
+        ("ffn_up", FFN_UP),
+        ("ffn_gate", FFN_GATE),
+        ("ffn_down", FFN_DOWN),
     ):
         if key in name:
             return cat

@@ -91,7 +91,21 @@ class GGUFFile:
         raise KeyError(name)
 
 
-_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "string", 9: "array", 10: "u64", 11: "i64", 12: "f64"}
+_TYPE_NAMES = {
+    0: "u8",
+    1: "i8",
+    2: "u16",
+    3: "i16",
+    4: "u32",
+    5: "i32",
+    6: "f32",
+    7: "bool",
+    8: "string",
+    9: "array",
+    10: "u64",
+    11: "i64",
+    12: "f64",
+}
 
 
 class _Cursor:
@@ -192,8 +206,12 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
         if size < 24:
             head = f.read(4)
             if head[:4] != _MAGIC[: len(head)] or not head:
-                raise CheckpointError(f"{p} is not a GGUF file (no 'GGUF' magic)", hint="pass a .gguf file written by llama.cpp")
-            raise CheckpointError(f"{p} is truncated: {size} bytes, shorter than a GGUF header", hint="re-export the model")
+                raise CheckpointError(
+                    f"{p} is not a GGUF file (no 'GGUF' magic)", hint="pass a .gguf file written by llama.cpp"
+                )
+            raise CheckpointError(
+                f"{p} is truncated: {size} bytes, shorter than a GGUF header", hint="re-export the model"
+            )
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             return _parse(buf, size, str(p))
 
@@ -201,7 +219,9 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
 def _parse(buf, size: int, path: str) -> GGUFFile:
     cur = _Cursor(buf, size, path)
     if bytes(buf[:4]) != _MAGIC:
-        raise CheckpointError(f"{path} is not a GGUF file (no 'GGUF' magic)", hint="pass a .gguf file written by llama.cpp")
+        raise CheckpointError(
+            f"{path} is not a GGUF file (no 'GGUF' magic)", hint="pass a .gguf file written by llama.cpp"
+        )
     cur.pos = 4
     version = cur.u32("version")
     if version not in (2, 3):
@@ -256,7 +276,9 @@ def _parse(buf, size: int, path: str) -> GGUFFile:
         if t is None:
             raise cur.fail(f"tensor {name!r} has unknown ggml type id {type_id}")
         if shape[0] % t.block_size:
-            raise cur.fail(f"tensor {name!r}: row length {shape[0]} is not a multiple of the {t.name} block size {t.block_size}")
+            raise cur.fail(
+                f"tensor {name!r}: row length {shape[0]} is not a multiple of the {t.name} block size {t.block_size}"
+            )
         rows = 1
         for d in shape[1:]:
             rows *= d

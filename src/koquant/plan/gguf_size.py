@@ -94,9 +94,18 @@ def metadata_bytes(spec: ModelSpec, ws: list[Weight]) -> int:
     kv = _kv_str("general.architecture", a) + _kv_str("general.type", "model")
     kv += _kv_str("general.name", spec.name) + _kv_str("general.size_label", "10B")
     for key in (
-        "block_count", "context_length", "embedding_length", "feed_forward_length", "attention.head_count",
-        "attention.head_count_kv", "rope.freq_base", "attention.layer_norm_rms_epsilon",
-        "attention.key_length", "attention.value_length", "vocab_size", "rope.dimension_count",
+        "block_count",
+        "context_length",
+        "embedding_length",
+        "feed_forward_length",
+        "attention.head_count",
+        "attention.head_count_kv",
+        "rope.freq_base",
+        "attention.layer_norm_rms_epsilon",
+        "attention.key_length",
+        "attention.value_length",
+        "vocab_size",
+        "rope.dimension_count",
     ):
         kv += _kv_num(f"{a}.{key}")
     kv += _kv_num("general.file_type") + _kv_num("general.quantization_version")

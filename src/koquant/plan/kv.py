@@ -30,7 +30,16 @@ from koquant.plan.model_spec import ModelSpec
 __all__ = ["KV_TYPES", "RUNTIMES", "Runtime", "kv_cache_bytes", "compute_buffer_bytes", "N_UBATCH", "RUNTIME_OVERHEAD"]
 
 # cache type -> ggml type used for its rows
-KV_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q5_1": "Q5_1", "q5_0": "Q5_0", "q4_1": "Q4_1", "q4_0": "Q4_0"}
+KV_TYPES = {
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "q8_0": "Q8_0",
+    "q5_1": "Q5_1",
+    "q5_0": "Q5_0",
+    "q4_1": "Q4_1",
+    "q4_0": "Q4_0",
+}
 N_UBATCH = 512
 RUNTIME_OVERHEAD = 128 * 1024 * 1024
 

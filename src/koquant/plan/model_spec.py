@@ -38,6 +38,13 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "dtype": ("torch_dtype", "dtype"),
 }
 _REQUIRED = ("n_layers", "hidden", "intermediate", "n_heads", "vocab")
+_LABELS = {
+    "n_layers": "layer count",
+    "hidden": "hidden size",
+    "intermediate": "FFN (intermediate) size",
+    "n_heads": "attention head count",
+    "vocab": "vocabulary size",
+}
 _MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
@@ -88,7 +95,7 @@ class ModelSpec:
 
     @property
     def tokenizer(self) -> VocabFootprint:
-        return self.vocab_footprint or estimated_footprint(self.vocab)
+        return self.vocab_footprint or estimated_footprint(self.vocab, self.architecture.tokenizer_kind)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -96,7 +103,7 @@ class ModelSpec:
         d["n_params"] = self.n_params
         return d
 
-    def with_(self, **changes) -> "ModelSpec":
+    def with_(self, **changes) -> ModelSpec:
         return replace(self, **changes)
 
 
@@ -112,7 +119,8 @@ def _positive_int(config: dict, canonical: str, where: str, *, required: bool) -
     if key is None:
         if required:
             raise CheckpointError(
-                f"{where}: config has no {canonical.replace('_', ' ')} (looked for {', '.join(CONFIG_KEYS[canonical])})",
+                f"{where}: config has no {_LABELS.get(canonical, canonical)} "
+                f"(looked for {', '.join(CONFIG_KEYS[canonical])})",
                 hint="pass the model's own config.json, or use --preset",
             )
         return None
@@ -141,7 +149,9 @@ def _flatten(config: dict) -> dict:
 def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> ModelSpec:
     """Build a :class:`ModelSpec` from a config dict, validating every number it uses."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{name}: config must be a JSON object, got {type(config).__name__}", hint="pass a config.json")
+        raise CheckpointError(
+            f"{name}: config must be a JSON object, got {type(config).__name__}", hint="pass a config.json"
+        )
     config = _flatten(config)
     arch = architecture_for(config)
     where = source or name
@@ -173,7 +183,8 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
             window = config["sliding_window"]  # an explicit null means full attention
             if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
                 raise CheckpointError(
-                    f"{where}: sliding_window must be a positive integer or null, got {window!r}", hint="fix config.json"
+                    f"{where}: sliding_window must be a positive integer or null, got {window!r}",
+                    hint="fix config.json",
                 )
         else:
             window = arch.window_default
@@ -254,8 +265,7 @@ def spec_from_path(path: str | os.PathLike) -> ModelSpec:
     model_dir = p if p.is_dir() else p.parent
     name = model_dir.name if p.is_dir() or p.name == "config.json" else p.stem
     spec = spec_from_config(config, name=name or "model", source=str(p))
-    prefer = "spm" if spec.arch == "gemma" else None
-    footprint = footprint_from_dir(model_dir, spec.vocab, prefer=prefer)
+    footprint = footprint_from_dir(model_dir, spec.vocab, prefer=spec.architecture.tokenizer_kind)
     ckpt_bytes, names = _safetensors_tensors(model_dir)
     head = None
     if names:

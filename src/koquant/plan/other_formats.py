@@ -177,4 +177,12 @@ def plan_source(spec: ModelSpec) -> FormatPlan:
         total = spec.checkpoint_bytes
         notes.append(f"measured from the safetensors files (computed: {planned} bytes)")
     dtype = {4: "fp32", 2: "bf16" if "bfloat" in spec.dtype or spec.dtype == "bf16" else "fp16"}[nbytes]
-    return FormatPlan("source", dtype, total, tensors, _n_elements(spec), {"tensors": tensors, "header": planned - tensors}, tuple(notes))
+    return FormatPlan(
+        "source",
+        dtype,
+        total,
+        tensors,
+        _n_elements(spec),
+        {"tensors": tensors, "header": planned - tensors},
+        tuple(notes),
+    )

@@ -9,13 +9,14 @@ per device. :meth:`Plan.to_dict` is what ``koquant plan --json`` prints.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from koquant.errors import CheckpointError, RecipeError
 from koquant.plan import kv as kvmod
-from koquant.plan.devices import DEVICES, Device, DeviceFit, custom_device, device as device_preset, fit
+from koquant.plan.devices import DEVICES, Device, DeviceFit, custom_device, fit
+from koquant.plan.devices import device as device_preset
 from koquant.plan.ggml_types import FILE_TYPES, file_type
 from koquant.plan.gguf_size import GGUFPlan, plan_gguf
 from koquant.plan.model_spec import ModelSpec, spec_from_config, spec_from_path
@@ -140,6 +141,7 @@ class Plan:
     devices: tuple[Device, ...]
     exports: tuple[Export, ...]
     runtime: tuple[RuntimeEstimate, ...]
+    warnings: tuple[str, ...] = ()
     assumptions: tuple[str, ...] = ASSUMPTIONS
 
     def export(self, key: str) -> Export:
@@ -170,6 +172,7 @@ class Plan:
             "devices": [d.to_dict() for d in self.devices],
             "exports": [e.to_dict(tensors=tensors) for e in self.exports],
             "runtime": [r.to_dict() for r in self.runtime],
+            "warnings": list(self.warnings),
             "assumptions": self.all_assumptions(),
         }
 
@@ -190,7 +193,9 @@ def resolve_source(source) -> ModelSpec:
             f"{source} is neither a model folder, a config.json nor a preset",
             hint="presets: " + ", ".join(PRESETS),
         )
-    raise CheckpointError(f"cannot plan from a {type(source).__name__}", hint="pass a model folder, config.json or preset id")
+    raise CheckpointError(
+        f"cannot plan from a {type(source).__name__}", hint="pass a model folder, config.json or preset id"
+    )
 
 
 def _check_ctx(ctx: Iterable[int] | int) -> tuple[int, ...]:
@@ -199,7 +204,9 @@ def _check_ctx(ctx: Iterable[int] | int) -> tuple[int, ...]:
         raise RecipeError("no context length given", hint="e.g. --ctx 2048,4096,8192")
     for c in values:
         if isinstance(c, bool) or not isinstance(c, int) or not 0 < c <= _MAX_CTX:
-            raise RecipeError(f"context length must be an integer from 1 to {_MAX_CTX}, got {c!r}", hint="e.g. --ctx 4096")
+            raise RecipeError(
+                f"context length must be an integer from 1 to {_MAX_CTX}, got {c!r}", hint="e.g. --ctx 4096"
+            )
     return tuple(sorted(set(values)))
 
 
@@ -222,7 +229,9 @@ def _gguf_exports(spec: ModelSpec, types: Sequence[str], imatrix: bool) -> list[
             notes.append("needs an importance matrix (--imatrix)")
         if p.fallbacks:
             notes.append(f"{len(p.fallbacks)} tensor(s) fall back to another type (row length not a block multiple)")
-        out.append(Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p))
+        out.append(
+            Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p)
+        )
     return out
 
 
@@ -230,7 +239,9 @@ def _other_exports(spec: ModelSpec, gptq: Sequence[tuple[int, int]], onnx: Seque
     out = []
     for bits, group in gptq:
         p = plan_gptq(spec, bits, group)
-        out.append(Export("gptq", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
+        out.append(
+            Export("gptq", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p)
+        )
     for precision in onnx:
         p = plan_onnx(spec, precision)
         rt = "onnxruntime-genai-fp16" if precision == "fp16" else "onnxruntime-genai-fp32"
@@ -274,4 +285,10 @@ def plan(
             total = e.weight_bytes + kv_bytes + compute
             fits = tuple(fit(d, total) for d in devices)
             runtime.append(RuntimeEstimate(e.key, c, e.weight_bytes, kv_bytes, kv_t, window, compute, fits))
-    return Plan(spec, ctxs, kv_type, devices, tuple(exports), tuple(runtime))
+    warnings = []
+    if spec.max_positions and ctxs[-1] > spec.max_positions:
+        over = ", ".join(str(c) for c in ctxs if c > spec.max_positions)
+        warnings.append(f"context {over} is longer than the {spec.max_positions} positions the model was trained for")
+    if spec.vocab_footprint is None:
+        warnings.append(f"no tokenizer files read: GGUF metadata estimated from the vocabulary size ({spec.vocab})")
+    return Plan(spec, ctxs, kv_type, devices, tuple(exports), tuple(runtime), tuple(warnings))

@@ -50,9 +50,17 @@ def _llama_like(arch: str, layers: int, vocab: int, max_pos: int, theta: float, 
     return cfg
 
 
-_MISTRAL_V01_SPM = VocabFootprint("spm", 32000, 204670, chat_template_bytes=400, source="measured: Mistral v0.1 tokenizer.model")
+_MISTRAL_V01_SPM = VocabFootprint(
+    "spm", 32000, 204670, chat_template_bytes=400, source="measured: Mistral v0.1 tokenizer.model"
+)
 _LLAMA3_BPE = VocabFootprint(
-    "bpe", 128256, 1068763, 280147, 2963589, chat_template_bytes=300, source="measured: Llama 3 tiktoken -> tokenizer.json"
+    "bpe",
+    128256,
+    1068763,
+    280147,
+    2963589,
+    chat_template_bytes=300,
+    source="measured: Llama 3 tiktoken -> tokenizer.json",
 )
 
 _PRESET_LIST = (
@@ -60,7 +68,13 @@ _PRESET_LIST = (
         "ocelot-10.8b",
         "Solar 10.7B depth-up-scaled Llama via EEVE-Korean-Instruct-10.8B (Korean vocabulary extension)",
         _llama_like("LlamaForCausalLM", 48, 40960, 4096, 10000.0),
-        VocabFootprint("spm", 40960, 204670 + 8960 * 8, chat_template_bytes=600, source="estimate: Llama 2 pieces + 8960 Korean pieces"),
+        VocabFootprint(
+            "spm",
+            40960,
+            204670 + 8960 * 8,
+            chat_template_bytes=600,
+            source="estimate: Llama 2 pieces + 8960 Korean pieces",
+        ),
     ),
     Preset(
         "synatra-7b",
@@ -98,15 +112,26 @@ _PRESET_LIST = (
             "tie_word_embeddings": True,
             "torch_dtype": "bfloat16",
         },
-        VocabFootprint("spm", 256000, round(256000 * 7.5), chat_template_bytes=300, source="estimate: Gemma SentencePiece"),
+        VocabFootprint(
+            "spm", 256000, round(256000 * 7.5), chat_template_bytes=300, source="estimate: Gemma SentencePiece"
+        ),
     ),
     Preset(
         "llama-3.1-8b",
         "reference: Meta Llama-3.1-8B (llama.cpp's quantize README sizes)",
         _llama_like(
-            "LlamaForCausalLM", 32, 128256, 131072, 500000.0,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                          "original_max_position_embeddings": 8192},
+            "LlamaForCausalLM",
+            32,
+            128256,
+            131072,
+            500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
         ),
         _LLAMA3_BPE,
         seed=False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from koquant.plan.planner import Plan
 
@@ -38,7 +38,8 @@ def _model_line(plan: Plan) -> str:
     m = plan.model
     window = f", sliding window {m.sliding_window}" if m.sliding_window else ""
     return (
-        f"[bold]{m.name}[/bold] ({m.arch}, {m.n_params / 1e9:.2f} B parameters): {m.n_layers} layers, hidden {m.hidden}, "
+        f"[bold]{m.name}[/bold] ({m.arch}, {m.n_params / 1e9:.2f} B parameters): "
+        f"{m.n_layers} layers, hidden {m.hidden}, "
         f"FFN {m.intermediate}, {m.n_heads} heads / {m.n_kv_heads} KV x {m.head_dim}, vocab {m.vocab}, "
         f"{'tied' if m.tied else 'untied'} embeddings{window}"
     )
@@ -117,9 +118,15 @@ def render(plan: Plan, console=None, *, show: Sequence[str] | None = None, all_d
         line = f"{e.runtime} {r.kv_type}" + (f" window {r.kv_window}" if r.kv_window else "")
         if line not in kv_lines:
             kv_lines.append(line)
-    console.print(f"KV cache: {per_token} values per token ({'; '.join(kv_lines)}); compute estimate {human_bytes(compute)}")
+    console.print(
+        f"KV cache: {per_token} values per token ({'; '.join(kv_lines)}); compute estimate {human_bytes(compute)}"
+    )
     if all_devices:
-        console.print("devices: " + ", ".join(f"{d.name} {human_bytes(d.usable_bytes)}" for d in plan.devices) + " usable")
+        console.print(
+            "devices: " + ", ".join(f"{d.name} {human_bytes(d.usable_bytes)}" for d in plan.devices) + " usable"
+        )
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
     console.print("[dim]Assumptions:[/dim]")
     for a in plan.all_assumptions():
         console.print(f"[dim]  - {a}[/dim]")

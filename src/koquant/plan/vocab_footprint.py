@@ -92,7 +92,12 @@ def estimated_footprint(vocab: int, kind: str | None = None, chat_template_bytes
         return VocabFootprint("spm", vocab, round(vocab * _SPM_BYTES_PER_TOKEN), 0, 0, chat_template_bytes)
     merges = round(vocab * _BPE_MERGES_PER_TOKEN)
     return VocabFootprint(
-        "bpe", vocab, round(vocab * _BPE_BYTES_PER_TOKEN), merges, round(merges * _BPE_BYTES_PER_MERGE), chat_template_bytes
+        "bpe",
+        vocab,
+        round(vocab * _BPE_BYTES_PER_TOKEN),
+        merges,
+        round(merges * _BPE_BYTES_PER_MERGE),
+        chat_template_bytes,
     )
 
 

@@ -44,7 +44,7 @@ def train_on_korean(model, tokenizer_dir: Path, *, steps: int, seq_len: int = 25
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
         if progress:
             progress.update(task, advance=1, description=f"training miniature on kobill (loss {losses[-1]:.2f})")
     model.eval()

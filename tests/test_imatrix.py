@@ -1,0 +1,63 @@
+"""koquant's torch importance matrix equals llama.cpp's own llama-imatrix on the same text."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from koquant import llamacpp
+from koquant.calib import chunk_tokens, korean_bills
+from koquant.checkpoint import Checkpoint
+from koquant.imatrix import compute_imatrix
+
+N_CTX, N_CHUNKS = 128, 6
+
+
+@pytest.mark.slow
+def test_torch_imatrix_equals_llama_imatrix(default_model, llama_tools, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = tmp_path / "f32.gguf"
+    llamacpp.convert_hf_to_gguf(default_model, gguf, "f32")
+    text = korean_bills().plain_text()
+    (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
+    out = tmp_path / "llama-imatrix.gguf"
+    subprocess.run(
+        [str(llama_tools / "llama-imatrix"), "-m", str(gguf), "-f", str(tmp_path / "calib.txt"), "-o", str(out),
+         "-c", str(N_CTX), "-b", str(N_CTX), "--chunks", str(N_CHUNKS), "--no-ppl", "-t", "2"],
+        check=True, capture_output=True,
+    )
+    theirs = llamacpp.read_imatrix_gguf(out)
+
+    tok = AutoTokenizer.from_pretrained(default_model)
+    ids = tok(text)["input_ids"]
+    chunks = chunk_tokens(ids, N_CTX, N_CHUNKS, tok.bos_token_id)
+    model = AutoModelForCausalLM.from_pretrained(default_model, dtype=torch.float32).eval()
+    ours = compute_imatrix(model, Checkpoint.open(default_model).architecture, chunks)
+
+    assert set(ours.names()) == set(theirs)
+    assert len(theirs) == 7 * model.config.num_hidden_layers
+    for name, (sum2, count) in theirs.items():
+        assert ours.counts[name] == count == N_CTX * N_CHUNKS
+        mine = ours.sum2[name]
+        rel = np.abs(mine - sum2) / (np.abs(sum2) + 1e-6 * np.abs(sum2).max())
+        assert rel.max() < 1e-3, (name, float(rel.max()))
+        # the importance pattern itself (what quantization uses) agrees almost exactly
+        assert np.corrcoef(mine, sum2)[0, 1] > 0.99999
+
+
+def test_imatrix_written_in_llama_cpp_layout(tmp_path):
+    """Our imatrix.gguf reads back through the same reader as llama-imatrix's files."""
+    from koquant.imatrix import Imatrix
+
+    im = Imatrix({"blk.0.attn_q.weight": np.arange(256, dtype=np.float64)}, {"blk.0.attn_q.weight": 512}, 4)
+    llamacpp.write_imatrix_gguf(tmp_path / "im.gguf", im, "kobill", 128)
+    back = llamacpp.read_imatrix_gguf(tmp_path / "im.gguf")
+    s, c = back["blk.0.attn_q.weight"]
+    assert c == 512 and np.array_equal(s, np.arange(256))
+    reader = llamacpp.gguf_reader(tmp_path / "im.gguf")
+    assert bytes(reader.fields["general.type"].parts[-1]).decode() == "imatrix"
+    assert int(reader.fields["imatrix.chunk_size"].parts[-1][0]) == 128
