@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from koquant.plan.presets import PRESETS
 
     parser.description = (
-        "Plan file sizes (GGUF, GPTQ, ONNX, bf16 source) and runtime RAM of a model from its config.json, "
+        "Plan file sizes (GGUF, GPTQ, ONNX, bf16 source) and runtime RAM of a model from its config.json,\n"
         "and which devices each export fits. Reads no weights and needs no network."
     )
     parser.epilog = _EPILOG
