@@ -16,8 +16,11 @@ from .conftest import GGUF_QUANTS
 def test_export_files_named_and_validated(family, gguf_exports):
     art = gguf_exports(family)
     names = sorted(p.name for p in art.path.iterdir())
-    expected = {f"{family}-{q}.gguf" for q in GGUF_QUANTS} | {"koquant.json", "README.md", "imatrix.gguf"}
+    expected = {f"{family}-{q}.gguf" for q in GGUF_QUANTS} | {"koquant.json", "README.md", "imatrix.gguf", "tokenizer"}
     assert set(names) == expected
+    tok = {p.name for p in (art.path / "tokenizer").iterdir()}
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"} <= tok
+    assert not any(n.endswith(".safetensors") for n in tok)
     by_quant = {f["quant"]: f for f in art.files}
     assert list(by_quant) == list(GGUF_QUANTS)
     for f in art.files:

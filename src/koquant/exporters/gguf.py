@@ -71,6 +71,7 @@ class GGUFExporter:
                                     "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                     "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
 
+        _copy_tokenizer(ctx)
         files = []
         with ctx.task("quantizing", len(recipe.quants)) as advance:
             for quant in recipe.quants:
@@ -126,3 +127,15 @@ class GGUFExporter:
         verdict["chat_template_identical"] = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
         return verdict
 
+
+
+def _copy_tokenizer(ctx) -> None:
+    """The source's tokenizer, chat template and config (no weights) in ``tokenizer/``.
+
+    koquant's runtime renders prompts and tokenizes with these, so every backend gets the
+    source's exact token ids whatever its own tokenizer does.
+    """
+    dest = ctx.out / "tokenizer"
+    dest.mkdir()
+    for p in [ctx.ckpt.path / "config.json", *ctx.ckpt.tokenizer_files]:
+        shutil.copyfile(p, dest / p.name)
