@@ -191,3 +191,14 @@ def test_pickle_weights_with_allow_pickle(miniature, tmp_path):
     assert art.files[0]["sha256"] == ref.files[0]["sha256"]
     assert not any(p.suffix == ".bin" for p in art.path.iterdir())
     shutil.rmtree(src)
+
+
+def test_missing_backend_names_the_extra(model, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
+    out = tmp_path / "out"
+    rc = main(["export", str(model), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs llama-cpp-python" in err and "koquant[gguf]" in err
+    _assert_clean(out)

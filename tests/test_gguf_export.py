@@ -118,3 +118,21 @@ def test_more_quant_types(quant, miniature, tmp_path):
     art = koquant.export(miniature("ocelot-mini"), koquant.Recipe("gguf", (quant,), calib_chunks=8), tmp_path / "o")
     (f,) = art.files
     assert f["validation"]["passed"], f["validation"]["failures"]
+
+
+def test_user_jsonl_calibration_rendered_through_chat_template(miniature, tmp_path):
+    """--calib-chat: user conversations rendered with the model's own template feed the imatrix."""
+    import koquant
+    from koquant.calib import korean_bills
+
+    paras = [p for d in korean_bills().documents for p in d.split("\n\n") if len(p) > 40]
+    lines = [json.dumps({"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]},
+                        ensure_ascii=False) for a, b in zip(paras[::2], paras[1::2])]
+    calib = tmp_path / "chats.jsonl"
+    calib.write_text("\n".join(lines), encoding="utf-8")
+    recipe = koquant.Recipe("gguf", ("Q4_K_M",), calib=str(calib), calib_chat=True, calib_ctx=128, calib_chunks=8)
+    art = koquant.export(miniature("komt-mini"), recipe, tmp_path / "out")
+    cal = art.manifest["calibration"]
+    assert cal["name"] == "chats.jsonl" and cal["chat_rendered"] and cal["documents"] == len(lines)
+    assert cal["chunks"] == 8 and cal["chunk_size"] == 128
+    assert art.files[0]["validation"]["passed"]

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from . import __version__
 from .errors import KoquantError
@@ -65,6 +64,3 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
 
-
-def default_output(model_dir: Path | str, fmt: str) -> Path:
-    return Path.cwd() / f"{Path(model_dir).resolve().name}-{fmt}"

@@ -40,6 +40,7 @@ class GGUFExporter:
     default_quants = ("Q4_K_M",)
 
     def check_recipe(self, recipe) -> None:
+        llamacpp.import_llama_cpp()  # a missing backend fails before any work, naming the extra
         unknown = [q for q in recipe.quants if q not in QUANT_TYPES]
         if unknown:
             raise RecipeError(f"unknown GGUF quant type(s): {', '.join(unknown)}",
@@ -54,7 +55,6 @@ class GGUFExporter:
 
     def export(self, ctx) -> list[ArtifactFile]:
         ckpt, recipe, ref = ctx.ckpt, ctx.recipe, ctx.reference
-        llamacpp.import_llama_cpp()
         name = recipe.name or ckpt.name
         outtype, base_quant = _BASE_OUTTYPE.get(ckpt.source_dtype, ("f32", "F32"))
         base = ctx.work / f"{name}-{base_quant}.gguf"
