@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import KoquantError
 from . import templates
 
-BUILD_VERSION = 3  # bump when the build recipe changes, to invalidate caches
+BUILD_VERSION = 4  # bump when the build recipe changes, to invalidate caches
 
 _COMMON = {
     "hidden_size": 256,
@@ -57,9 +57,12 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family(
             "ocelot-mini", "ocelot-10.8b", "LlamaForCausalLM", "llama", "korean-spm-llama", templates.OCELOT,
-            {**_COMMON, "num_hidden_layers": 4, "rope_theta": 10000.0, "max_position_embeddings": 4096},
+            # deeper and wider than the others, so that (as in the real 10.8B model) the transformer
+            # blocks, not the embeddings, hold most weights and decide quantization quality
+            {**_COMMON, "num_hidden_layers": 8, "intermediate_size": 1024, "rope_theta": 10000.0,
+             "max_position_embeddings": 4096},
             {"do_sample": True, "temperature": 0.2, "max_new_tokens": 4096},
-            train={"steps": 300, "batch": 8, "seq_len": 256},
+            train={"steps": 150, "batch": 8, "seq_len": 256, "lr": 1.5e-3},
         ),
         Family(
             "synatra-mini", "synatra-7b", "MistralForCausalLM", "mistral", "mistral-v1", templates.SYNATRA,
@@ -157,6 +160,11 @@ def _build(fam: Family, out: Path, trained: bool, progress) -> None:
         from .train import train_on_korean
 
         train_on_korean(model, out, **fam.train, progress=progress)
+    # Like the seed models (trained in bf16, published in bf16), every weight is a bf16 value;
+    # it is stored as float32, so the source is exact and F16/BF16 exports are lossless.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).to(torch.float32))
     model.save_pretrained(out)
     gen = {"bos_token_id": tok_info["bos_token_id"], "eos_token_id": tok_info["eos_token_id"], **fam.generation}
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
