@@ -61,3 +61,17 @@ def test_imatrix_written_in_llama_cpp_layout(tmp_path):
     reader = llamacpp.gguf_reader(tmp_path / "im.gguf")
     assert bytes(reader.fields["general.type"].parts[-1]).decode() == "imatrix"
     assert int(reader.fields["imatrix.chunk_size"].parts[-1][0]) == 128
+
+
+@pytest.mark.slow
+def test_korean_imatrix_helps_q4_k_m_on_the_trained_miniature(default_model):
+    """The benchmark's claim, checked: Q4_K_M with the Korean imatrix is no worse than without."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "imatrix_gain.py"
+    spec = importlib.util.spec_from_file_location("imatrix_gain", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.run(default_model, ("Q4_K_M",), eval_chunks=16, calib_chunks=32)["Q4_K_M"]
+    assert res["imatrix"]["kl_mean"] <= res["plain"]["kl_mean"], res
