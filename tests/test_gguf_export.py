@@ -89,6 +89,7 @@ def test_manifest_records_everything(family, gguf_exports, miniature):
     from koquant.calib import korean_bills
 
     assert m["calibration"]["sha256"] == korean_bills().sha256
+    assert m["calibration"]["imatrix_sha256"] == sha256_file(art.path / "imatrix.gguf")
     assert m["chat_template"]["sha256"] == src.chat_template_sha256
     assert m["tools"]["llama-cpp-python"] == "0.3.36"
     assert m["evaluation"]["text"] == "kolaw-constitution"
