@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "__version__"]
+__all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "load", "__version__"]
 
 
 def __getattr__(name: str):
@@ -18,6 +18,10 @@ def __getattr__(name: str):
         from .pipeline import export
 
         return export
+    if name == "load":
+        from .runtime.loader import load
+
+        return load
     if name == "Recipe":
         from .recipe import Recipe
 

@@ -21,6 +21,7 @@ _COMMANDS = {
     "export": ("koquant.cli_export", "export a Hugging Face checkpoint to GGUF (validated against the source)"),
     "demo": ("koquant.cli_export", "build the built-in Korean miniature and export it to GGUF"),
     "plan": ("koquant.plan.cli", "file size and RAM of every format and quant, from config.json alone"),
+    "chat": ("koquant.cli_chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
 }
 
 

@@ -1,0 +1,260 @@
+"""``koquant.load(path)``: a :class:`Session` on the right backend for any export.
+
+The format comes from the artifact's ``koquant.json`` when koquant made it, otherwise from
+its files: ``*.gguf`` (llama.cpp), ``genai_config.json`` (onnxruntime-genai), a
+``config.json`` with a GPTQ ``quantization_config`` or a ``quantize_config.json`` (GPTQ), a
+plain ``config.json`` (transformers). Backends register themselves per format with
+``@register_backend``; adding one touches its own module and one line in ``_BACKENDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..artifact import MANIFEST
+from ..errors import KoquantError
+
+#: format -> module that registers its backend (imported only when a model of that format is loaded)
+_BACKENDS = {"hf": "koquant.runtime.hf", "gguf": "koquant.runtime.gguf", "onnx": "koquant.runtime.onnx"}
+_REGISTRY: dict[str, type] = {}
+FORMAT_NAMES = {"hf": "Hugging Face folder", "gguf": "GGUF", "onnx": "ONNX (onnxruntime-genai)", "gptq": "GPTQ"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+class LoadError(KoquantError):
+    """The path is not something koquant can run, or the choice inside it is ambiguous."""
+
+
+def register_backend(fmt: str):
+    def deco(cls):
+        _REGISTRY[fmt] = cls
+        return cls
+
+    return deco
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+@dataclass
+class Target:
+    """What to open: resolved from a path before any backend is imported."""
+
+    format: str
+    model: Path  # the folder (hf, onnx, gptq) or the .gguf file
+    tokenizer_dir: Path | None  # where the source tokenizer files are; None: the backend's own only
+    artifact: Path | None = None  # the koquant artifact folder, when koquant made it
+    manifest: dict | None = None
+    quant: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def chat_template(self) -> str | None:
+        tpl = ((self.manifest or {}).get("chat_template") or {}).get("template")
+        return tpl if isinstance(tpl, str) else None
+
+    @property
+    def generation_config(self) -> dict | None:
+        if self.manifest is not None and isinstance(self.manifest.get("generation_config"), dict):
+            return self.manifest["generation_config"]
+        for folder in (self.tokenizer_dir, self.model if self.model.is_dir() else None):
+            if folder is not None and (folder / "generation_config.json").is_file():
+                return _read_json(folder / "generation_config.json")
+        return None
+
+
+def load(path: str | os.PathLike, *, quant: str | None = None, chat_template: str | None = None, **options):
+    """A :class:`~koquant.runtime.session.Session` for ``path``.
+
+    ``path``: a koquant artifact folder, one file in it (``.gguf``), or a model koquant did not
+    make (an HF folder, a ``.gguf``, an onnxruntime-genai folder). ``quant`` picks one file of an
+    artifact holding several (``quant="Q4_K_M"``). ``chat_template`` replaces the model's own.
+    ``options``: ``threads``, ``n_ctx`` (all backends), ``dtype`` (transformers: ``float32`` or
+    ``bfloat16``), ``n_batch`` (llama.cpp).
+    """
+    from .session import Session
+    from .tokenizer import HFTokenizer
+
+    target = resolve(path, quant)
+    cls = backend_class(target.format, target.model)
+    unknown = sorted(k for k in options if k not in cls.options)
+    if unknown:
+        raise LoadError(f"option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} not supported by the "
+                        f"{cls.name} backend", hint="it accepts " + ", ".join(cls.options))
+    backend = cls(target, **{k: v for k, v in options.items() if v is not None})
+    try:
+        notes = list(target.notes)
+        if target.tokenizer_dir is not None:
+            tokenizer = HFTokenizer(target.tokenizer_dir)
+        else:
+            tokenizer = backend.text_tokenizer()
+            notes.append(f"no source tokenizer files next to {target.model.name}: prompts are tokenized by "
+                         f"{tokenizer.source}, and parity with the source model is not guaranteed")
+        template = chat_template or target.chat_template or tokenizer.chat_template or backend.embedded_chat_template()
+        if chat_template is not None:
+            notes.append("chat template given by the caller")
+        return Session(backend, tokenizer, path=target.model, chat_template=template,
+                       generation_config=target.generation_config, quant=target.quant, manifest=target.manifest,
+                       notes=notes)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def backend_class(fmt: str, where: Path | None = None) -> type:
+    if fmt not in _BACKENDS:
+        what = f"{where} is a {FORMAT_NAMES.get(fmt, fmt)} model, but" if where else f"format {fmt!r}:"
+        raise LoadError(f"{what} this koquant has no runtime for {FORMAT_NAMES.get(fmt, fmt)} yet",
+                        hint="runtimes available: " + ", ".join(FORMAT_NAMES.get(f, f) for f in available_backends()))
+    if fmt not in _REGISTRY:
+        importlib.import_module(_BACKENDS[fmt])
+    return _REGISTRY[fmt]
+
+
+# ---------------------------------------------------------------------------- resolving a path
+def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LoadError(f"{p} does not exist", hint="pass an export folder, a .gguf file or a Hugging Face model folder")
+    if p.is_file():
+        if p.suffix.lower() == ".gguf":
+            return _gguf_file(p, quant)
+        raise LoadError(f"{p} is not a model koquant can run (expected a .gguf file or a folder)",
+                        hint="pass an export folder, a .gguf file or a Hugging Face model folder")
+    manifest = _manifest(p)
+    if manifest is not None:
+        return _artifact(p, manifest, quant)
+    return _plain_folder(p, quant)
+
+
+def _gguf_file(p: Path, quant: str | None) -> Target:
+    manifest = _manifest(p.parent)
+    entry = None
+    if manifest is not None and manifest.get("format") == "gguf":
+        entry = next((f for f in manifest.get("files", []) if f.get("path") == p.name), None)
+    if entry is None:  # a GGUF koquant did not make (or moved out of its artifact)
+        if quant is not None and quant.upper() not in p.name.upper():
+            raise LoadError(f"quant={quant!r} was asked for, but {p.name} is the file given", hint="drop quant=")
+        return Target("gguf", p, None, quant=_quant_from_name(p.name))
+    if quant is not None and quant.upper() != str(entry.get("quant", "")).upper():
+        raise LoadError(f"quant={quant!r} was asked for, but {p.name} is {entry.get('quant')}", hint="drop quant=")
+    return _gguf_target(p.parent, manifest, entry)
+
+
+def _gguf_target(folder: Path, manifest: dict, entry: dict) -> Target:
+    path = folder / entry["path"]
+    if not path.is_file():
+        raise LoadError(f"{path.name} is listed in {folder / MANIFEST} but missing", hint="re-run the export")
+    notes = []
+    if entry.get("size") and path.stat().st_size != entry["size"]:
+        notes.append(f"{path.name} is {path.stat().st_size} bytes but the manifest recorded {entry['size']}: "
+                     "the file was changed after export")
+    return Target("gguf", path, _tokenizer_dir(folder, manifest), folder, manifest, entry.get("quant"), notes)
+
+
+def _artifact(folder: Path, manifest: dict, quant: str | None) -> Target:
+    fmt = str(manifest.get("format"))
+    files = [f for f in manifest.get("files", []) if isinstance(f, dict) and isinstance(f.get("path"), str)]
+    if fmt == "gguf":
+        return _gguf_target(folder, manifest, _choose(folder, files, quant, "GGUF files"))
+    if quant is not None or len(files) > 1:
+        entry = _choose(folder, files, quant, "variants")
+        sub = folder / entry["path"]
+        if sub.is_file():  # e.g. "int4/model.onnx": the variant is the folder that holds it
+            sub = sub.parent
+        if sub.is_dir() and sub.resolve() != folder.resolve():
+            inner = resolve(sub)
+            inner.quant = inner.quant or entry.get("quant")
+            return inner
+    model = folder
+    if fmt == "onnx" and not (folder / "genai_config.json").is_file():
+        subs = sorted(d for d in folder.iterdir() if (d / "genai_config.json").is_file())
+        if len(subs) == 1:
+            model = subs[0]
+    quant_name = files[0].get("quant") if len(files) == 1 else None
+    return Target(fmt, model, _tokenizer_dir(folder, manifest) or _tokenizer_dir(model, None), folder, manifest,
+                  quant_name)
+
+
+def _plain_folder(p: Path, quant: str | None) -> Target:
+    if (p / "genai_config.json").is_file():
+        return Target("onnx", p, _tokenizer_dir(p, None), quant=quant)
+    ggufs = sorted(f for f in p.glob("*.gguf") if f.is_file() and not f.name.startswith("imatrix"))
+    if ggufs and not (p / "config.json").is_file():
+        entries = [{"path": f.name, "quant": _quant_from_name(f.name) or f.stem} for f in ggufs]
+        entry = _choose(p, entries, quant, "GGUF files")
+        return Target("gguf", p / entry["path"], None, quant=entry["quant"])
+    if (p / "config.json").is_file():
+        config = _read_json(p / "config.json")
+        qc = config.get("quantization_config")
+        if (p / "quantize_config.json").is_file() or (isinstance(qc, dict) and qc.get("quant_method") == "gptq"):
+            return Target("gptq", p, _tokenizer_dir(p, None), quant=quant)
+        return Target("hf", p, _tokenizer_dir(p, None))
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and ((d / MANIFEST).is_file() or (d / "genai_config.json").is_file()))
+    if subs:
+        entries = [{"path": d.name, "quant": d.name} for d in subs]
+        return resolve(p / _choose(p, entries, quant, "variants")["path"])
+    raise LoadError(f"{p} holds no model koquant can run",
+                    hint="expected koquant.json, a .gguf file, genai_config.json or a Hugging Face config.json")
+
+
+def _choose(folder: Path, entries: list[dict], quant: str | None, what: str) -> dict:
+    names = [str(e.get("quant")) for e in entries]
+    if not entries:
+        raise LoadError(f"{folder} lists no {what}", hint="re-run the export")
+    if quant is None:
+        if len(entries) == 1:
+            return entries[0]
+        raise LoadError(f"{folder} holds {len(entries)} {what} ({', '.join(names)}); choose one",
+                        hint=f"koquant.load(path, quant={names[-1]!r}) / koquant chat PATH --quant {names[-1]}, "
+                        "or pass that file or folder itself")
+    for e in entries:
+        if str(e.get("quant")).upper() == quant.upper():
+            return e
+    raise LoadError(f"{folder} has no {quant}", hint="it holds " + ", ".join(names))
+
+
+def _quant_from_name(name: str) -> str | None:
+    from ..exporters.gguf import QUANT_TYPES
+
+    stem = name.rsplit(".", 1)[0].upper()
+    for q in sorted(QUANT_TYPES, key=len, reverse=True):
+        if stem.endswith(q.upper()):
+            return q
+    return None
+
+
+def _tokenizer_dir(folder: Path, manifest: dict | None) -> Path | None:
+    sub = ((manifest or {}).get("tokenizer") or {}).get("folder")
+    if isinstance(sub, str):
+        d = (folder / sub).resolve()
+        if folder.resolve() not in (d, *d.parents):
+            raise LoadError(f"{folder / MANIFEST} points its tokenizer outside the artifact ({sub!r})",
+                            hint="re-run the export")
+        if any((d / n).is_file() for n in _TOKENIZER_FILES):
+            return d
+    if any((folder / n).is_file() for n in _TOKENIZER_FILES):
+        return folder
+    return None
+
+
+def _manifest(folder: Path) -> dict | None:
+    m = folder / MANIFEST
+    if not m.is_file():
+        return None
+    from ..artifact import Artifact
+
+    return Artifact.open(folder).manifest
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{path} is not valid JSON: {e}", hint="fix or re-download the file") from None
+    return data if isinstance(data, dict) else {}
