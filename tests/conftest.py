@@ -47,6 +47,29 @@ def gguf_exports(tmp_path_factory):
     return get
 
 
+ONNX_QUANTS = ("fp32", "int4")
+
+
+@pytest.fixture(scope="session")
+def onnx_exports(tmp_path_factory):
+    """export(name) -> Artifact of ONNX fp32,int4 (Korean GPTQ) for a family, made once per session.
+
+    Small calibration and evaluation (2 cores in CI): 4 x 256 calibration tokens, 2 x 256 held-out.
+    """
+    import koquant
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            out = tmp_path_factory.mktemp("onnx") / name
+            recipe = koquant.Recipe("onnx", ONNX_QUANTS, name=name, calib_ctx=256, calib_chunks=4, eval_chunks=2)
+            made[name] = koquant.export(build_miniature(name), recipe, out)
+        return made[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def llama_tools():
     """llama.cpp's own tools (llama-imatrix, llama-perplexity) built from the pinned sources, cached."""

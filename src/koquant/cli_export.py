@@ -11,12 +11,22 @@ from .errors import RecipeError
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
-    return tuple(q.strip().upper() for q in text.split(",") if q.strip())
+    return tuple(q.strip() for q in text.split(",") if q.strip())
 
 
-def _common(p: argparse.ArgumentParser, default_quants: str) -> None:
+def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
+    """GGUF types are upper-case (Q4_K_M), ONNX precisions lower-case (int4); None: the format's default."""
+    if quants is None:
+        from .formats import get_exporter
+
+        quants = get_exporter(fmt).default_quants
+    return tuple(q.upper() if fmt == "gguf" else q.lower() for q in quants)
+
+
+def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
     p.add_argument("--quant", default=default_quants, type=_quant_list,
-                   help=f"comma-separated quant types, sharing one conversion and one calibration (default {default_quants})")
+                   help="comma-separated quant types, sharing one conversion and one calibration (default "
+                   + (default_quants or "Q4_K_M for gguf, int4 for onnx; onnx: fp32, int8, int4") + ")")
     p.add_argument("--calib", default="default", metavar="TEXT",
                    help="calibration text: 'default' (Korean bills from konlpy), a .txt/.jsonl file or a folder")
     p.add_argument("--no-calib", action="store_true", help="no calibration (plain quantization, no importance matrix)")
@@ -37,10 +47,14 @@ def _common(p: argparse.ArgumentParser, default_quants: str) -> None:
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", nargs="?", type=Path,
                    help="local Hugging Face model folder (default: the built-in Korean miniature)")
-    p.add_argument("--fmt", default="gguf", help="output format (gguf)")
+    p.add_argument("--fmt", default="gguf", help="output format: gguf (llama.cpp) or onnx (onnxruntime-genai)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept *.bin pickle weights (loaded with torch.load(weights_only=True))")
-    _common(p, "Q4_K_M")
+    _common(p, None)
+    p.add_argument("--int4-algo", help="ONNX int4: gptq (Korean-calibrated, default), rtn or k_quant")
+    p.add_argument("--block-size", type=int, help="ONNX int4/int8: MatMulNBits block size, 16-256 (default 32)")
+    p.add_argument("--accuracy-level", type=int,
+                   help="ONNX int4/int8: 4 = int8 activations (default, fastest on CPU), 1 = fp32 activations")
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
@@ -76,8 +90,14 @@ def main_export(args: argparse.Namespace) -> int:
         for key in ("calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks"):
             if getattr(args, key) <= 0:
                 raise RecipeError(f"--{key.replace('_', '-')} must be positive")
+        onnx_params = {k: getattr(args, k, None) for k in ("int4_algo", "block_size", "accuracy_level")}
+        onnx_params = {k: v for k, v in onnx_params.items() if v is not None}
+        if onnx_params and args.fmt != "onnx":
+            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in onnx_params)} apply to --fmt onnx only",
+                              hint="add --fmt onnx, or drop the ONNX options")
         recipe = Recipe(
-            fmt=args.fmt, quants=args.quant, calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
+            fmt=args.fmt, quants=_quants_for(args.fmt, args.quant), params=onnx_params,
+            calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
             calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
             eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
         )

@@ -11,7 +11,7 @@ import importlib
 
 from .errors import RecipeError
 
-_MODULES = {"gguf": "koquant.exporters.gguf"}
+_MODULES = {"gguf": "koquant.exporters.gguf", "onnx": "koquant.exporters.onnx"}
 _REGISTRY: dict[str, type] = {}
 
 

@@ -60,8 +60,8 @@ def render_model_card(m: dict) -> str:
     lines.append(f"- quant types: {', '.join(r['quants'])}")
     if cal:
         lines.append(f"- calibration: `{cal['name']}` (sha256 {cal['sha256'][:16]}…), "
-                     f"{cal.get('chunks', '?')} chunks × {cal.get('chunk_size', '?')} tokens, Korean importance matrix "
-                     f"in `{cal.get('file', '-')}`")
+                     f"{cal.get('chunks', '?')} chunks × {cal.get('chunk_size', '?')} tokens, "
+                     + (cal["used_for"] if "used_for" in cal else f"Korean importance matrix in `{cal.get('file', '-')}`"))
     else:
         lines.append("- calibration: none")
     if m["chat_template"]["sha256"]:
@@ -70,8 +70,37 @@ def render_model_card(m: dict) -> str:
     if fmt == "gguf":
         first = m["files"][0]["path"]
         lines += ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
+    if fmt == "onnx":
+        lines += _onnx_use(m)
     lines += ["", "The full record (hashes, tool versions, per-tensor types) is in `koquant.json`.", ""]
     return "\n".join(lines)
+
+
+def _onnx_use(m: dict) -> list[str]:
+    """How to run an ONNX folder with onnxruntime-genai, and what its own tokenizer/template engine get wrong."""
+    onnx = m.get("onnx", {})
+    folder = next(iter(onnx.get("folders", {}).values()), "./")
+    lines = [f"- `{f['path']}`: {'; '.join(f['notes'])}" for f in m["files"] if f.get("notes")]
+    lines += ["", "Each quant folder runs with onnxruntime-genai (`pip install onnxruntime-genai`):", "", "```python",
+             "import onnxruntime_genai as og", f'model = og.Model("{folder}")',
+             "params = og.GeneratorParams(model)", "params.set_search_options(max_length=256)",
+             "gen = og.Generator(model, params)", "gen.append_tokens(ids)  # token ids, see below",
+             "while not gen.is_done():", "    gen.generate_next_token()", "```", ""]
+    tok, tpl = onnx.get("tokenizer", {}), onnx.get("chat_template", {})
+    if tok.get("runtime_ids_identical"):
+        bos = " once BOS is prepended (it adds none itself)" if tok.get("prepend_bos") else ""
+        lines.append(f"onnxruntime-genai's own tokenizer gives the source token ids on the held-out text{bos}.")
+    elif tok:
+        d = tok.get("first_difference", {})
+        lines.append("onnxruntime-genai's own tokenizer does **not** reproduce the source token ids "
+                     f"({tok.get('runtime_tokens')} vs {tok.get('source_tokens')} tokens on the held-out text, first "
+                     f"difference at token {d.get('position')}): tokenize with `tokenizer.json` through transformers "
+                     "and pass the ids, as `koquant chat` does.")
+    if tpl.get("runtime_renders_identical") is False:
+        why = tpl.get("error") or "its rendering differs"
+        lines.append(f"Its chat-template engine (minja) does not render this template like jinja2 ({why}); "
+                     "render prompts with `chat_template.jinja` through jinja2.")
+    return lines
 
 
 def write_model_card(folder: Path, manifest: dict) -> Path:

@@ -91,6 +91,9 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
                 + "\n".join(f"  {f.path}: {'; '.join(f.validation['failures'])}" for f in failed),
                 hint="try a higher-precision quant type, or check the source model loads and generates sensibly",
             )
+        finalize = getattr(exporter, "finalize", None)  # optional: per-format records (e.g. ONNX per-quant folders)
+        if finalize is not None:
+            finalize(ctx, manifest)
         write_manifest(tmp, manifest)
         write_model_card(tmp, manifest)
     return Artifact(out, manifest)

@@ -32,6 +32,11 @@ THRESHOLDS: dict[str, Thresholds] = {
     "BF16": Thresholds(0.98, 1e-3, 1e-1),
     "Q8_0": Thresholds(0.95, 1e-2),
     "Q6_K": Thresholds(0.93, 3e-2),
+    # ONNX precisions (lower-case): fp32 as strict as F32; int8 and int4 are MatMulNBits block quants,
+    # bounded like Q8_0 and Q4_*
+    "fp32": Thresholds(1.0, 1e-6, 1e-3),
+    "int8": Thresholds(0.95, 1e-2),
+    "int4": Thresholds(0.85, 1e-1),
 }
 _BY_BITS = [
     (("Q5_",), Thresholds(0.90, 5e-2)),
