@@ -70,6 +70,29 @@ def onnx_exports(tmp_path_factory):
     return get
 
 
+GPTQ_QUANT = "w4g128"
+
+
+@pytest.fixture(scope="session")
+def gptq_exports(tmp_path_factory):
+    """export(name) -> Artifact of GPTQ 4-bit g128 (Korean-calibrated) for a family, made once per session.
+
+    Small calibration and evaluation (2 cores in CI): 8 x 256 calibration tokens, 2 x 256 held-out.
+    """
+    import koquant
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            out = tmp_path_factory.mktemp("gptq") / name
+            recipe = koquant.Recipe("gptq", (GPTQ_QUANT,), name=name, calib_ctx=256, calib_chunks=8, eval_chunks=2)
+            made[name] = koquant.export(build_miniature(name), recipe, out)
+        return made[name]
+
+    return get
+
+
 @pytest.fixture(scope="session")
 def llama_tools():
     """llama.cpp's own tools (llama-imatrix, llama-perplexity) built from the pinned sources, cached."""

@@ -23,10 +23,30 @@ def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(q.upper() if fmt == "gguf" else q.lower() for q in quants)
 
 
+_FORMAT_OPTIONS = {
+    "onnx": ("int4_algo", "block_size", "accuracy_level"),
+    "gptq": ("bits", "group_size", "act_order", "sym", "damp"),
+}
+
+
+def _format_params(args: argparse.Namespace) -> dict:
+    """Format-specific options given on the command line; refused for a format they do not apply to."""
+    params = {}
+    for fmt, keys in _FORMAT_OPTIONS.items():
+        given = {k: getattr(args, k, None) for k in keys}
+        given = {k: v for k, v in given.items() if v is not None}
+        if given and args.fmt != fmt:
+            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --fmt {fmt} only",
+                              hint=f"add --fmt {fmt}, or drop those options")
+        if args.fmt == fmt:
+            params = given
+    return params
+
+
 def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
     p.add_argument("--quant", default=default_quants, type=_quant_list,
                    help="comma-separated quant types, sharing one conversion and one calibration (default "
-                   + (default_quants or "Q4_K_M for gguf, int4 for onnx; onnx: fp32, int8, int4") + ")")
+                   + (default_quants or "Q4_K_M for gguf, int4 for onnx, w4g128 for gptq") + ")")
     p.add_argument("--calib", default="default", metavar="TEXT",
                    help="calibration text: 'default' (Korean bills from konlpy), a .txt/.jsonl file or a folder")
     p.add_argument("--no-calib", action="store_true", help="no calibration (plain quantization, no importance matrix)")
@@ -47,7 +67,8 @@ def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", nargs="?", type=Path,
                    help="local Hugging Face model folder (default: the built-in Korean miniature)")
-    p.add_argument("--fmt", default="gguf", help="output format: gguf (llama.cpp) or onnx (onnxruntime-genai)")
+    p.add_argument("--fmt", default="gguf",
+                   help="output format: gguf (llama.cpp), onnx (onnxruntime-genai) or gptq (transformers, vLLM, TGI)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept *.bin pickle weights (loaded with torch.load(weights_only=True))")
     _common(p, None)
@@ -55,6 +76,14 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, help="ONNX int4/int8: MatMulNBits block size, 16-256 (default 32)")
     p.add_argument("--accuracy-level", type=int,
                    help="ONNX int4/int8: 4 = int8 activations (default, fastest on CPU), 1 = fp32 activations")
+    p.add_argument("--bits", type=int, help="GPTQ: weight width, 4 (default) or 8")
+    p.add_argument("--group-size", type=int, help="GPTQ: input columns per scale, 128 (default), 64, 32 or -1 (per row)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: quantize columns in order of activation size (desc_act; default on)")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=None, help="GPTQ: symmetric grid (default)")
+    sym.add_argument("--asym", dest="sym", action="store_false", help="GPTQ: asymmetric grid (stored zero points)")
+    p.add_argument("--damp", type=float, help="GPTQ: Hessian dampening, fraction of its mean diagonal (default 0.05)")
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
@@ -90,13 +119,14 @@ def main_export(args: argparse.Namespace) -> int:
         for key in ("calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks"):
             if getattr(args, key) <= 0:
                 raise RecipeError(f"--{key.replace('_', '-')} must be positive")
-        onnx_params = {k: getattr(args, k, None) for k in ("int4_algo", "block_size", "accuracy_level")}
-        onnx_params = {k: v for k, v in onnx_params.items() if v is not None}
-        if onnx_params and args.fmt != "onnx":
-            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in onnx_params)} apply to --fmt onnx only",
-                              hint="add --fmt onnx, or drop the ONNX options")
+        params = _format_params(args)
+        quants = args.quant
+        if args.fmt == "gptq" and quants is None:
+            from .exporters.gptq import quant_name
+
+            quants = (quant_name(params.get("bits", 4), params.get("group_size", 128)),)
         recipe = Recipe(
-            fmt=args.fmt, quants=_quants_for(args.fmt, args.quant), params=onnx_params,
+            fmt=args.fmt, quants=_quants_for(args.fmt, quants), params=params,
             calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
             calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
             eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,

@@ -11,7 +11,8 @@ import importlib
 
 from .errors import RecipeError
 
-_MODULES = {"gguf": "koquant.exporters.gguf", "onnx": "koquant.exporters.onnx"}
+_MODULES = {"gguf": "koquant.exporters.gguf", "onnx": "koquant.exporters.onnx",
+            "gptq": "koquant.exporters.gptq"}
 _REGISTRY: dict[str, type] = {}
 
 

@@ -39,6 +39,9 @@ THRESHOLDS: dict[str, Thresholds] = {
     "int4": Thresholds(0.85, 1e-1),
 }
 _BY_BITS = [
+    # GPTQ (w<bits>g<group>): 8-bit bounded like Q8_0, 4-bit like Q4_*
+    (("w8",), Thresholds(0.95, 1e-2)),
+    (("w4",), Thresholds(0.85, 1e-1)),
     (("Q5_",), Thresholds(0.90, 5e-2)),
     (("Q4_", "IQ4_"), Thresholds(0.85, 1e-1)),
     (("Q3_", "IQ3_"), Thresholds(0.75, 3e-1)),

@@ -39,9 +39,7 @@ class HFBackend(Backend):
             torch.set_num_threads(threads)
         with _quiet_loading():
             try:
-                self.model = AutoModelForCausalLM.from_pretrained(
-                    str(target.model), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False
-                ).eval()
+                self.model = self._load(AutoModelForCausalLM, target, getattr(torch, dtype))
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"transformers could not load {target.model}: {e}",
                                       hint="check that the folder loads with AutoModelForCausalLM") from None
@@ -54,6 +52,10 @@ class HFBackend(Backend):
                                   hint=f"use n_ctx <= {max_pos}")
         self.n_ctx = n_ctx or max_pos or 4096
         self.cache = None
+
+    def _load(self, auto, target: Target, dtype):
+        return auto.from_pretrained(str(target.model), dtype=dtype, use_safetensors=True,
+                                    trust_remote_code=False).eval()
 
     def _run(self, ids: Sequence[int]):
         torch = self._torch

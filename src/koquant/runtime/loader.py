@@ -19,7 +19,8 @@ from ..artifact import MANIFEST
 from ..errors import KoquantError
 
 #: format -> module that registers its backend (imported only when a model of that format is loaded)
-_BACKENDS = {"hf": "koquant.runtime.hf", "gguf": "koquant.runtime.gguf", "onnx": "koquant.runtime.onnx"}
+_BACKENDS = {"hf": "koquant.runtime.hf", "gguf": "koquant.runtime.gguf", "onnx": "koquant.runtime.onnx",
+             "gptq": "koquant.runtime.gptq"}
 _REGISTRY: dict[str, type] = {}
 FORMAT_NAMES = {"hf": "Hugging Face folder", "gguf": "GGUF", "onnx": "ONNX (onnxruntime-genai)", "gptq": "GPTQ"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")

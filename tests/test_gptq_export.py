@@ -1,0 +1,110 @@
+"""GPTQ export of every seed family: GPTQ v1 layout, loaded back by transformers, gated against the source."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from koquant.checkpoint import Checkpoint, sha256_file
+from koquant.safetensors_check import read_safetensors_header
+from koquant.validate import thresholds_for
+
+from .conftest import GPTQ_QUANT
+
+LOADERS_NEED = {"config.json", "quantize_config.json", "model.safetensors", "tokenizer_config.json"}
+
+
+def test_export_passes_the_gate(family, gptq_exports):
+    art = gptq_exports(family)
+    assert art.format == "gptq"
+    [f] = art.files
+    assert f["path"] == "model.safetensors" and f["quant"] == GPTQ_QUANT
+    v = f["validation"]
+    assert v["passed"], v["failures"]
+    th = thresholds_for(GPTQ_QUANT)
+    assert (th.top1_min, th.kl_mean_max) == (0.85, 0.1)
+    assert v["top1"] >= th.top1_min and v["kl_mean"] <= th.kl_mean_max
+    assert 0 < v["kl_mean"], "a 4-bit export identical to the source means nothing was quantized"
+    assert v["token_ids_identical"] and v["chat_template_identical"]
+    assert v["positions"] == 2 * 256
+    assert v["loaded_with"].startswith("transformers AutoModelForCausalLM")
+    assert "gptqmodel" in v["kernel"]
+    assert f["sha256"] == sha256_file(art.path / "model.safetensors")
+    assert {p.name for p in art.path.iterdir()} >= LOADERS_NEED | {"koquant.json", "README.md"}
+
+
+def test_checkpoint_is_gptq_v1_layout(family, gptq_exports):
+    art = gptq_exports(family)
+    config = json.loads((art.path / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["bits"] == 4 and qc["group_size"] == 128
+    assert qc["checkpoint_format"] == "gptq", "v2 zero points read as garbage by v1 loaders"
+    assert json.loads((art.path / "quantize_config.json").read_text())["bits"] == 4
+    text = (art.path / "config.json").read_text() + (art.path / "quantize_config.json").read_text()
+    assert "/tmp" not in text and "koquant-tmp" not in text, "a machine path leaked into the config"
+    assert "대한민국" not in text and "법률" not in text, "calibration text embedded in the config"
+    header = read_safetensors_header(art.path / "model.safetensors")
+    n_layers = config["num_hidden_layers"]
+    hidden = config["hidden_size"]
+    for i in range(n_layers):
+        for proj in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"):
+            stem = f"model.layers.{i}.{proj}"
+            qweight, qzeros = header[f"{stem}.qweight"], header[f"{stem}.qzeros"]
+            scales, g_idx = header[f"{stem}.scales"], header[f"{stem}.g_idx"]
+            assert qweight.dtype == "I32" and qzeros.dtype == "I32" and g_idx.dtype == "I32"
+            in_features, out_features = qweight.shape[0] * 8, qweight.shape[1]
+            assert g_idx.shape == [in_features]
+            assert scales.shape == [in_features // 128, out_features]
+            assert qzeros.shape == [in_features // 128, out_features // 8]
+            assert f"{stem}.weight" not in header
+    assert header["model.embed_tokens.weight"].shape[1] == hidden  # embeddings and norms stay float
+    manifest = art.manifest
+    assert manifest["gptq"]["checkpoint_format"] == "gptq" and manifest["gptq"]["bits"] == 4
+    assert manifest["gptq"]["modules"]["count"] == 7 * n_layers
+
+
+def test_v1_zero_points_are_stored_minus_one(gptq_exports):
+    """Symmetric 4-bit: every stored zero point is 7 (8 - 1) in v1; v2 would store 8."""
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(gptq_exports("ocelot-mini").path / "model.safetensors")
+    qzeros = tensors["model.layers.0.self_attn.q_proj.qzeros"]
+    nibbles = torch.stack([(qzeros >> (4 * k)) & 0xF for k in range(8)])
+    assert set(nibbles.unique().tolist()) == {7}
+
+
+def test_loads_with_transformers_in_a_fresh_process(gptq_exports):
+    """The acceptance load: AutoModelForCausalLM.from_pretrained(folder, device_map="cpu"), then generate."""
+    art = gptq_exports("llama3-ko-mini")
+    code = (
+        "import os, sys, torch; os.environ.setdefault('GPTQMODEL_CPU_WORKERS', '2')\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], device_map='cpu')\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = t('대한민국 헌법', return_tensors='pt').input_ids\n"
+        "out = m.generate(ids, max_new_tokens=8, do_sample=False)\n"
+        "print('OK', type(m.model.layers[0].mlp.down_proj).__name__, out.shape[1] - ids.shape[1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(art.path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "OK" and last[2] == "8" and "Linear" in last[1] and last[1] != "Linear"
+
+
+def test_source_tokenizer_files_are_kept(family, gptq_exports, miniature):
+    art = gptq_exports(family)
+    src = Checkpoint.open(miniature(family))
+    for p in src.tokenizer_files:
+        assert (art.path / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_manifest_and_card_record_the_calibration(gptq_exports):
+    art = gptq_exports("ocelot-mini")
+    cal = art.manifest["calibration"]
+    assert cal["name"] == "kobill" and cal["chunks"] == 8 and cal["chunk_size"] == 256
+    assert "GPTQ" in cal["used_for"]
+    assert art.manifest["tools"]["gptqmodel"] == "7.6.0"
+    card = (art.path / "README.md").read_text()
+    assert "library_name: transformers" in card and "- gptq" in card and GPTQ_QUANT in card
