@@ -108,3 +108,25 @@ def test_manifest_and_card_record_the_calibration(gptq_exports):
     assert art.manifest["tools"]["gptqmodel"] == "7.6.0"
     card = (art.path / "README.md").read_text()
     assert "library_name: transformers" in card and "- gptq" in card and GPTQ_QUANT in card
+
+
+def test_koquant_load_runs_the_export_with_the_source_prompt(gptq_exports, miniature):
+    """koquant.load on a GPTQ artifact: transformers + GPTQModel kernels, the source's exact prompt ids."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import koquant
+
+    family = "synatra-mini"
+    art = gptq_exports(family)
+    tok = AutoTokenizer.from_pretrained(miniature(family))
+    messages = [{"role": "user", "content": "대한민국 헌법 제1조는 무엇인가요?"}]
+    want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    with koquant.load(art.path) as s:
+        assert s.format == "gptq" and s.backend == "transformers+gptqmodel" and s.quant == GPTQ_QUANT
+        assert s.encode_chat(messages) == list(want)
+        out = s.generate(list(want), temperature=0, max_new_tokens=8)
+        assert 0 < len(out) <= 8
+        cached = s.next_logits(list(want) + out[:2])
+        fresh = s.logits(list(want) + out[:2])
+        np.testing.assert_allclose(cached, fresh[-1], atol=2e-3)

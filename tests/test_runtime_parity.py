@@ -18,7 +18,7 @@ from koquant.chat_template import TemplateError
 from koquant.runtime import ContextLengthError, LoadError, SamplingError, load
 from koquant.runtime.loader import available_backends
 
-from .runtime_backends import gptq_available, onnx_available
+from .runtime_backends import onnx_available
 from koquant.runtime.sampling import Sampler, SamplingParams
 from koquant.runtime.session import Backend, Session
 from koquant.runtime.tokenizer import HFTokenizer, StreamDecoder
@@ -44,9 +44,7 @@ def _matrix() -> list[str]:
     runs = ["hf", "gguf:F16"]
     if onnx_available():
         runs.append("onnx:fp32")
-    if gptq_available():
-        runs.append("gptq")
-    return runs
+    return runs  # GPTQ is 4-bit, never unquantized: its runtime checks are in test_gptq_export.py
 
 
 MATRIX = _matrix()

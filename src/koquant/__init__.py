@@ -10,6 +10,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import logging as _logging
+
+# transformers imports torchao (a GPTQModel dependency) whenever it loads a model; torchao then
+# warns about CUDA-only extensions it cannot load and torch about its enum registrations. Neither
+# concerns a CPU user; keep them off the console unless a logger was configured on purpose.
+for _name in ("torchao", "torch.utils._pytree"):
+    if _logging.getLogger(_name).level == _logging.NOTSET:
+        _logging.getLogger(_name).setLevel(_logging.ERROR)
+
 __all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "load", "__version__"]
 
 
