@@ -52,7 +52,7 @@ def synthetic(dest: Path, layers: int, hidden: int, intermediate: int) -> int:
 def measure(model_dir: Path, work: Path, calibration: list[list[int]]) -> dict:
     from koquant.exporters.gptq import _worker_env
 
-    job = {"bits": 4, "group_size": 128, "act_order": True, "sym": True, "damp": 0.05, "source": str(model_dir),
+    job = {"bits": 4, "group_size": 128, "act_order": True, "sym": True, "damp": 0.05, "mse": 2.4, "source": str(model_dir),
            "out": str(work / "out"), "dtype": "float32", "offload_dir": str(work / "offload"),
            "calibration": calibration}
     job_file = work / "job.json"

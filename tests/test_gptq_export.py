@@ -54,9 +54,9 @@ def test_checkpoint_is_gptq_v1_layout(family, gptq_exports):
             scales, g_idx = header[f"{stem}.scales"], header[f"{stem}.g_idx"]
             assert qweight.dtype == "I32" and qzeros.dtype == "I32" and g_idx.dtype == "I32"
             in_features, out_features = qweight.shape[0] * 8, qweight.shape[1]
-            assert g_idx.shape == [in_features]
-            assert scales.shape == [in_features // 128, out_features]
-            assert qzeros.shape == [in_features // 128, out_features // 8]
+            assert tuple(g_idx.shape) == (in_features,)
+            assert tuple(scales.shape) == (in_features // 128, out_features)
+            assert tuple(qzeros.shape) == (in_features // 128, out_features // 8)
             assert f"{stem}.weight" not in header
     assert header["model.embed_tokens.weight"].shape[1] == hidden  # embeddings and norms stay float
     manifest = art.manifest
@@ -130,3 +130,20 @@ def test_koquant_load_runs_the_export_with_the_source_prompt(gptq_exports, minia
         cached = s.next_logits(list(want) + out[:2])
         fresh = s.logits(list(want) + out[:2])
         np.testing.assert_allclose(cached, fresh[-1], atol=2e-3)
+
+
+def test_nothing_is_written_outside_the_artifact(gptq_exports, tmp_path, monkeypatch):
+    """GPTQModel logs to ./logs and caches under ~/.cache/gptqmodel unless redirected; koquant redirects both."""
+    import koquant
+    from koquant.testing.miniatures import build_miniature
+
+    from koquant.llamacpp import cache_root
+
+    monkeypatch.setenv("KOQUANT_CACHE", str(cache_root()))  # the real cache (miniatures, compiled extension)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    recipe = koquant.Recipe("gptq", (GPTQ_QUANT,), calib_ctx=128, calib_chunks=2, eval_chunks=1, eval_ctx=64)
+    koquant.export(build_miniature("gemma-ko-mini"), recipe, tmp_path / "out")
+    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "home" / ".cache" / "gptqmodel").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["out"]

@@ -25,7 +25,7 @@ def quantize(job: dict) -> None:
 
     qc = QuantizeConfig(
         bits=job["bits"], group_size=job["group_size"], desc_act=job["act_order"], sym=job["sym"],
-        damp_percent=job["damp"], offload_to_disk=True, offload_to_disk_path=job["offload_dir"],
+        damp_percent=job["damp"], mse=job.get("mse", 0.0), offload_to_disk=True, offload_to_disk_path=job["offload_dir"],
     )
     start = time.monotonic()
     model = GPTQModel.load(job["source"], qc, dtype=getattr(torch, job["dtype"]), device="cpu")

@@ -72,6 +72,8 @@ def render_model_card(m: dict) -> str:
         lines += ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
     if fmt == "onnx":
         lines += _onnx_use(m)
+    if fmt == "gptq":
+        lines += _gptq_use(m)
     lines += ["", "The full record (hashes, tool versions, per-tensor types) is in `koquant.json`.", ""]
     return "\n".join(lines)
 
@@ -100,6 +102,22 @@ def _onnx_use(m: dict) -> list[str]:
         why = tpl.get("error") or "its rendering differs"
         lines.append(f"Its chat-template engine (minja) does not render this template like jinja2 ({why}); "
                      "render prompts with `chat_template.jinja` through jinja2.")
+    return lines
+
+
+def _gptq_use(m: dict) -> list[str]:
+    """How to load a GPTQ checkpoint, and what it is."""
+    g = m.get("gptq", {})
+    lines = [f"- `{f['path']}`: {'; '.join(f['notes'])}" for f in m["files"] if f.get("notes")]
+    lines += [
+        f"- layout: {g.get('layout', 'GPTQ v1')}, `quantize_config.json` and `quantization_config` in `config.json`; "
+        "lm_head and embeddings stay in floating point", "",
+        "Loads with transformers (`pip install optimum gptqmodel`), vLLM, TGI and exllama:", "",
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        'model = AutoModelForCausalLM.from_pretrained(".", device_map="cpu")  # or "auto" on a GPU',
+        'tokenizer = AutoTokenizer.from_pretrained(".")', "```", "",
+        "```sh", "koquant chat .", "vllm serve .", "```",
+    ]
     return lines
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -37,6 +38,10 @@ GPTQMODEL_PINNED = "7.6.0"
 BITS = (4, 8)  # the widths vLLM, TGI, exllama and transformers all load from a GPTQ v1 checkpoint
 GROUP_SIZES = (32, 64, 128, -1)
 DEFAULT_DAMP = 0.05  # GPTQModel's default: Hessian dampening as a fraction of its mean diagonal
+# GPTQModel's `mse`: search each group's scale over shrinking ranges (norm 2.4, as in the GPTQ reference
+# code) instead of taking min/max. With act-order it is the best of the grid measured on the trained
+# miniature (benchmarks/gptq_vs_rtn.md); the checkpoint layout is unchanged.
+DEFAULT_MSE = 2.4
 WEIGHTS = "model.safetensors"
 # config.json / quantize_config.json entries that depend on the machine or the run, not the recipe
 _VOLATILE_META = ("offload_to_disk_path",)
@@ -49,14 +54,15 @@ class GPTQOptions:
     act_order: bool = True
     sym: bool = True
     damp: float = DEFAULT_DAMP
+    mse: float = DEFAULT_MSE
 
     @classmethod
     def from_recipe(cls, recipe) -> "GPTQOptions":
         params = dict(recipe.params or {})
-        unknown = sorted(set(params) - {"bits", "group_size", "act_order", "sym", "damp"})
+        unknown = sorted(set(params) - {"bits", "group_size", "act_order", "sym", "damp", "mse"})
         if unknown:
             raise RecipeError(f"unknown GPTQ option(s): {', '.join(unknown)}",
-                              hint="GPTQ options are bits, group_size, act_order, sym and damp")
+                              hint="GPTQ options are bits, group_size, act_order, sym, damp and mse")
         if len(recipe.quants) != 1:
             raise RecipeError(f"GPTQ writes one checkpoint per export; got quant types {', '.join(recipe.quants)}",
                               hint="choose the width with --bits and --group-size (one export each)")
@@ -75,6 +81,8 @@ class GPTQOptions:
                               hint="use --group-size 128, 64, 32 or -1 (one group per row)")
         if not 0 < opts.damp < 1:
             raise RecipeError(f"GPTQ dampening {opts.damp} is outside (0, 1)", hint="the usual value is 0.01-0.1")
+        if opts.mse < 0:
+            raise RecipeError(f"GPTQ mse norm {opts.mse} is negative", hint="0 turns the scale search off; 2.4 is usual")
         return opts
 
     @property
@@ -176,8 +184,8 @@ class GPTQExporter:
         chunks = ref.calibration_chunks(ctx.calibration)
         saved = ctx.work / "gptqmodel-out"
         job = {
-            **asdict(opts), "source": str(ctx.source_dir), "out": str(saved), "dtype": "float32",
-            "offload_dir": str(ctx.work / "offload"), "calibration": chunks.ids,
+            **asdict(opts), "source": str(ctx.source_dir.resolve()), "out": str(saved.resolve()), "dtype": "float32",
+            "offload_dir": str((ctx.work / "offload").resolve()), "calibration": chunks.ids,
         }
         layers = int(ctx.ckpt.config["num_hidden_layers"])
         with ctx.task(f"GPTQ {opts.quant} on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
@@ -195,7 +203,8 @@ class GPTQExporter:
         af = ArtifactFile(WEIGHTS, opts.quant)
         af.notes.append(f"{opts.bits}-bit GPTQ, group size {opts.group_size}, "
                         f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
-                        f"dampening {opts.damp}, calibrated on {ctx.calibration.name}")
+                        f"dampening {opts.damp}, {f'scale search (mse {opts.mse})' if opts.mse else 'min/max scales'}, "
+                        f"calibrated on {ctx.calibration.name}")
         with ctx.task("validating against the source", 1) as advance:
             af.validation = self.validate(ctx, opts.quant)
             advance()
@@ -228,8 +237,9 @@ class GPTQExporter:
         from transformers import AutoTokenizer
 
         ref, ckpt = ctx.reference, ctx.ckpt
-        job = {"folder": str(ctx.out), "ids": ref.eval_chunks.ids, "logits": str(ctx.work / "gptq-logits.npy"),
-               "info": str(ctx.work / "gptq-load.json")}
+        work = ctx.work.resolve()
+        job = {"folder": str(ctx.out.resolve()), "ids": ref.eval_chunks.ids, "logits": str(work / "gptq-logits.npy"),
+               "info": str(work / "gptq-load.json")}
         _run_worker("logits", job, ctx.work, threads=ctx.recipe.threads)
         got = list(np.load(job["logits"]))
         metrics = compare_logits(ref.logits, got)
@@ -279,7 +289,8 @@ def _quant_log(path: Path) -> dict:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")]
     damps = sorted({float(r["damp"]) for r in rows if r.get("damp") not in (None, "")})
-    return {"count": len(rows), "loss_mean": sum(losses) / len(losses) if losses else None,
+    # GPTQModel's CPU workers append rows in completion order; fsum is exact, so the mean does not depend on it
+    return {"count": len(rows), "loss_mean": math.fsum(losses) / len(losses) if losses else None,
             "loss_max": max(losses) if losses else None, "damp_used": damps}
 
 
@@ -312,8 +323,10 @@ def _run_worker(action: str, job: dict, work: Path, *, progress=None, threads: i
     job_file.write_text(json.dumps(job), encoding="utf-8")
     done = 0
     with log.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "koquant.gptq_worker", action, str(job_file)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_worker_env(work, threads))
+        # cwd: GPTQModel writes its own logs to ./logs, which must not land in the user's folder
+        proc = subprocess.Popen([sys.executable, "-m", "koquant.gptq_worker", action, str(job_file.resolve())],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work,
+                                env=_worker_env(work.resolve(), threads))
         try:
             for chunk in iter(lambda: proc.stdout.read1(65536), b""):
                 sink.write(chunk)
