@@ -59,7 +59,7 @@ def measure(model_dir: Path, work: Path, calibration: list[list[int]]) -> dict:
     job_file.write_text(json.dumps(job))
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "koquant.gptq_worker", "quantize",
-                           str(job_file)], capture_output=True, text=True, env=_worker_env(work, 0))
+                           str(job_file)], capture_output=True, text=True, cwd=work, env=_worker_env(work, 0))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_KIB")), None)
     if line is None or not line.endswith(" 0"):
         raise SystemExit("the GPTQ worker failed:\n" + (proc.stdout + proc.stderr)[-3000:])

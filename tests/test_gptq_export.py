@@ -147,3 +147,15 @@ def test_nothing_is_written_outside_the_artifact(gptq_exports, tmp_path, monkeyp
     assert not (tmp_path / "logs").exists()
     assert not (tmp_path / "home" / ".cache" / "gptqmodel").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["out"]
+
+
+def test_8bit_is_closer_to_the_source_than_4bit(gptq_exports, tmp_path, miniature):
+    import koquant
+
+    recipe = koquant.Recipe("gptq", ("w8g128",), calib_ctx=256, calib_chunks=8, eval_chunks=2)
+    art = koquant.export(miniature("synatra-mini"), recipe, tmp_path / "w8")
+    v8 = art.files[0]["validation"]
+    v4 = gptq_exports("synatra-mini").files[0]["validation"]
+    assert v8["passed"] and v8["thresholds"] == {"top1_min": 0.95, "kl_mean_max": 0.01, "max_abs_max": None}
+    assert v8["kl_mean"] < v4["kl_mean"] / 4
+    assert json.loads((art.path / "config.json").read_text())["quantization_config"]["bits"] == 8
