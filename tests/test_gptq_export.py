@@ -159,3 +159,11 @@ def test_8bit_is_closer_to_the_source_than_4bit(gptq_exports, tmp_path, miniatur
     assert v8["passed"] and v8["thresholds"] == {"top1_min": 0.95, "kl_mean_max": 0.01, "max_abs_max": None}
     assert v8["kl_mean"] < v4["kl_mean"] / 4
     assert json.loads((art.path / "config.json").read_text())["quantization_config"]["bits"] == 8
+
+
+def test_calibration_is_the_one_other_formats_use(gptq_exports, gguf_exports):
+    """Same Korean text, same hash in the manifest as the GGUF importance matrix."""
+    gptq = gptq_exports("komt-mini").manifest["calibration"]
+    gguf = gguf_exports("komt-mini").manifest["calibration"]
+    assert gptq["name"] == gguf["name"] == "kobill"
+    assert gptq["sha256"] == gguf["sha256"]
