@@ -9,7 +9,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -c constraints.
 "${PIP[@]}" -q pip==25.3
 # torch first and alone, so the CPU wheel is what every later step sees as installed
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[gguf,onnx,gptq,test]"
+"${PIP[@]}" -e ".[gguf,onnx,gptq,bench,test]"
 # fetch the pinned llama.cpp converter (vendored in the llama-cpp-python sdist) once
 .venv/bin/python -c "from koquant.llamacpp import llama_cpp_source; print('llama.cpp sources:', llama_cpp_source())"
 echo "koquant installed: .venv/bin/koquant"

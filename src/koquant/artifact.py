@@ -1,24 +1,45 @@
 """``Artifact``: exported files plus the ``koquant.json`` manifest, written atomically.
 
-Everything is written under a temporary folder beside the output and renamed into place
-only after validation passed; a failed or killed export leaves either nothing or the
-previous complete artifact.
+What an export guarantees, whatever happens to it (``tests/test_kill.py`` kills real exports):
+
+- Everything is written under ``.OUT.koquant-tmp-*`` beside the output folder ``OUT``, while the
+  exporting process holds ``.OUT.koquant-lock`` (an ``flock``, which the kernel drops when the
+  process dies, ``kill -9`` included). A second export into the same ``OUT`` is refused.
+- Only after validation passed does the finished folder replace ``OUT``, in one atomic step:
+  ``renameat2(RENAME_EXCHANGE)`` swaps the two folders, so ``OUT`` is at every instant either the
+  previous complete artifact (or nothing) or the new complete one. On file systems without the
+  exchange, ``OUT`` is renamed aside first; if the process dies between the two renames, the next
+  export into ``OUT`` puts the previous artifact back before doing anything else.
+- The next export into ``OUT`` removes the temporary folders of exports that were killed.
+- The manifest's ``inventory`` records the size and sha256 of every other file of the artifact;
+  ``koquant verify`` (``koquant.verify``) checks them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from .errors import OutputError
+from .errors import ArtifactError, ExportError, OutputError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking, stale temporary folders are only ignored
+    fcntl = None
 
 MANIFEST = "koquant.json"
 MANIFEST_SCHEMA = 1
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # real manifests are a few hundred KiB
+TMP_TAG, OLD_TAG, LOCK_TAG = ".koquant-tmp-", ".koquant-old-", ".koquant-lock"
 
 
 @dataclass
@@ -59,16 +80,99 @@ class Artifact:
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Artifact":
         p = Path(path)
-        m = p / MANIFEST
-        if not m.is_file():
-            raise OutputError(f"{p} is not a koquant artifact (no {MANIFEST})", hint="pass the folder koquant export wrote")
-        try:
-            manifest = json.loads(m.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise OutputError(f"{m} is not valid JSON: {e}", hint="re-run the export") from None
-        if not isinstance(manifest, dict) or "format" not in manifest:
-            raise OutputError(f"{m} is not a koquant manifest", hint="re-run the export")
-        return cls(p, manifest)
+        return cls(p, read_manifest(p))
+
+
+def read_manifest(folder: Path) -> dict:
+    """The manifest of ``folder``, checked: bounded size, JSON, and the types every reader relies on."""
+    m = Path(folder) / MANIFEST
+    if not m.is_file():
+        raise ArtifactError(f"{folder} is not a koquant artifact (no {MANIFEST})", hint="pass the folder koquant export wrote")
+    size = m.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{m} is {size} bytes, far larger than any koquant manifest", hint="re-run the export")
+    try:
+        manifest = json.loads(m.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{m} is not valid JSON: {e}", hint="re-run the export") from None
+    except RecursionError:
+        raise ArtifactError(f"{m} is not valid JSON: nested too deeply", hint="re-run the export") from None
+    check_manifest(manifest, m)
+    return manifest
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_OPTIONAL_DICTS = ("source", "recipe", "calibration", "evaluation", "chat_template", "tokenizer", "tools",
+                   "generation_config", "onnx", "gptq", "folder_files")
+
+
+def safe_relative(path, where) -> PurePosixPath:
+    """A manifest path: relative, inside the artifact (no ``..``, no absolute path, no backslash)."""
+    if not isinstance(path, str) or not path or "\\" in path or "\0" in path:
+        raise ArtifactError(f"{where} lists an invalid path {path!r}", hint="re-run the export")
+    p = PurePosixPath(path)
+    if p.is_absolute() or not p.parts or ".." in p.parts or str(p) != path.rstrip("/"):
+        raise ArtifactError(f"{where} lists the path {path!r}, which leaves the artifact folder",
+                            hint="do not use this artifact; re-run the export")
+    return p
+
+
+def check_manifest(manifest, where) -> None:
+    """Refuse a manifest whose fields have the wrong types, before any reader indexes into it."""
+    bad = f"{where} is not a koquant manifest"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), str):
+        raise ArtifactError(bad, hint="re-run the export")
+    for key in _OPTIONAL_DICTS:
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise ArtifactError(f"{bad}: {key!r} is {type(manifest[key]).__name__}, not an object", hint="re-run the export")
+    files = manifest.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise ArtifactError(f"{bad}: 'files' is not a list of objects", hint="re-run the export")
+    for f in files:
+        safe_relative(f.get("path"), where)
+        for key, kind in (("quant", str), ("sha256", str), ("size", int), ("validation", dict), ("notes", list),
+                          ("fallbacks", list), ("tensor_types", dict)):
+            if key in f and (not isinstance(f[key], kind) or isinstance(f[key], bool)):
+                raise ArtifactError(f"{bad}: {key!r} of {f['path']} is {type(f[key]).__name__}", hint="re-run the export")
+    for key in ("template", "sha256"):
+        value = (manifest.get("chat_template") or {}).get(key)
+        if value is not None and not isinstance(value, str):
+            raise ArtifactError(f"{bad}: chat_template.{key} is not a string", hint="re-run the export")
+    folder = (manifest.get("tokenizer") or {}).get("folder")
+    if folder is not None:
+        safe_relative(folder, where)
+    inventory = manifest.get("inventory")
+    if inventory is not None:
+        if not isinstance(inventory, dict):
+            raise ArtifactError(f"{bad}: 'inventory' is not an object", hint="re-run the export")
+        for path, rec in inventory.items():
+            safe_relative(path, where)
+            if (not isinstance(rec, dict) or not isinstance(rec.get("size"), int) or isinstance(rec.get("size"), bool)
+                    or rec["size"] < 0 or not isinstance(rec.get("sha256"), str) or not _HEX64.fullmatch(rec["sha256"])):
+                raise ArtifactError(f"{bad}: the inventory entry of {path} is not {{size, sha256}}", hint="re-run the export")
+    for name, digest in (manifest.get("folder_files") or {}).items():
+        safe_relative(name, where)
+        if not isinstance(digest, str):
+            raise ArtifactError(f"{bad}: folder_files[{name!r}] is not a hash", hint="re-run the export")
+    if not isinstance(manifest.get("notes", []), list):
+        raise ArtifactError(f"{bad}: 'notes' is not a list", hint="re-run the export")
+
+
+def inventory(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` except its own manifest."""
+    from .checkpoint import sha256_file
+
+    folder = Path(folder)
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            rel = p.relative_to(folder).as_posix()
+            if rel == MANIFEST:
+                continue
+            out[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    return dict(sorted(out.items()))
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
@@ -96,31 +200,161 @@ def check_output_location(out: Path, force: bool = False) -> None:
         raise OutputError(f"output location {parent} is not writable", hint="choose a writable folder with -o")
 
 
+# ---------------------------------------------------------------------------- atomic output
+def _sibling(out: Path, tag: str, unique: bool = True) -> Path:
+    return out.parent / (f".{out.name}{tag}" + (uuid.uuid4().hex[:8] if unique else ""))
+
+
+@contextmanager
+def output_lock(out: Path):
+    """Hold ``.OUT.koquant-lock`` beside ``out`` (one koquant process per output folder at a time).
+
+    The lock is an ``flock``: the kernel releases it when the holder dies, so a killed export never
+    blocks the next one. The file is removed on release (after checking that the path still names
+    the locked file, so two processes never both believe they hold it).
+    """
+    if fcntl is None:
+        yield
+        return
+    path = _sibling(out, LOCK_TAG, unique=False)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot write in {out.parent}: {e.strerror}", hint="choose a writable folder with -o") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(f"another koquant process is writing {out} right now",
+                              hint="wait for it to finish, or choose another folder with -o") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before us removed the file between our open and our lock: retry
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def recover(out: Path) -> None:
+    """Undo what killed exports into ``out`` left behind. Call with :func:`output_lock` held.
+
+    A previous artifact renamed aside by an interrupted non-atomic swap goes back to ``out``;
+    every other temporary folder of ``out`` is removed.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    prefix = f".{out.name}."
+    leftovers = [p for p in out.parent.iterdir()
+                 if p.name.startswith(prefix) and (TMP_TAG in p.name or OLD_TAG in p.name) and not p.is_symlink()]
+    olds = sorted((p for p in leftovers if OLD_TAG in p.name and (p / MANIFEST).is_file()),
+                  key=lambda p: p.stat().st_mtime)
+    if not os.path.lexists(out) and olds:
+        os.rename(olds[-1], out)
+        leftovers.remove(olds[-1])
+    for p in leftovers:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without the wrapper
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``, replacing what is there in one atomic step."""
+    if not os.path.lexists(out):
+        os.rename(tmp, out)
+    elif _exchange(tmp, out):  # tmp now holds the previous artifact
+        if tmp.is_symlink():
+            tmp.unlink()
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        old = _sibling(out, OLD_TAG)
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 16 * 2**20
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "[Errno 28]")
+
+
+def disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or a child process's message inside it) says the disk is full."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return True
+    return isinstance(e, Exception) and any(t in str(e) for t in _DISK_FULL_TEXT)
+
+
+def _nearly_full(folder: Path) -> bool:
+    """A backend failed with a message of its own (llama.cpp: "iostream error") while the disk was full."""
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 @contextmanager
 def staged_output(out: Path, force: bool = False):
     """Yield a temporary folder beside ``out``; on success swap it into place, on failure remove it."""
     out = Path(out)
     check_output_location(out, force)
-    tmp = out.parent / f".{out.name}.koquant-tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
-    except OSError as e:
-        raise OutputError(f"cannot write in {out.parent}: {e.strerror}", hint="choose a writable folder with -o") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.koquant-old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        if old is not None:
-            os.rename(old, out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with output_lock(out):
+        recover(out)
+        tmp = _sibling(out, TMP_TAG)
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise OutputError(f"cannot write in {out.parent}: {e.strerror}", hint="choose a writable folder with -o") from None
+        try:
+            yield tmp
+            publish(tmp, out)
+        except BaseException as e:
+            full = disk_full(e) or (isinstance(e, (ExportError, OSError)) and _nearly_full(out.parent))
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                free = shutil.disk_usage(out.parent).free
+                raise OutputError(
+                    f"no space left on the disk while exporting to {out} ({free / 2**20:.1f} MiB free in {out.parent} "
+                    "after removing the partial export); nothing was written",
+                    hint="free some space or choose -o on a larger disk (koquant plan MODEL shows the size of "
+                    "every file; the export also needs room for one source-precision GGUF while it runs)",
+                ) from None
+            raise

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +28,24 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 REQUIRED_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+# The integer values koquant accepts in config.json: far beyond any real model, small enough that nothing
+# sized by them (a tensor, a loop, a GGUF header) can exhaust memory or time.
+CONFIG_BOUNDS = {
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": 1 << 10,
+    "num_attention_heads": 1 << 10,
+    "vocab_size": 1 << 22,
+    "num_key_value_heads": 1 << 10,
+    "intermediate_size": 1 << 20,
+    "head_dim": 1 << 12,
+    "max_position_embeddings": 1 << 24,
+    "sliding_window": 1 << 24,
+}
+# float settings that must be positive and finite when present
+POSITIVE_FLOATS = ("rope_theta", "rms_norm_eps")
+MAX_JSON_BYTES = 16 * 1024 * 1024  # config, tokenizer_config, index, generation_config, ...
+MAX_TOKENIZER_JSON_BYTES = 512 * 1024 * 1024  # tokenizer.json of a 256k vocabulary is ~35 MiB
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -40,11 +60,17 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, limit: int = MAX_JSON_BYTES) -> dict:
+    size = path.stat().st_size
+    if size > limit:
+        raise CheckpointError(f"{path.name} is {size} bytes, more than koquant reads for such a file ({limit})",
+                              hint=f"check {path}; it is not a file Hugging Face tools write")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path.name} is not valid JSON: {e}", hint=f"fix or re-download {path}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path.name} is not valid JSON: nested too deeply", hint=f"fix or re-download {path}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path.name} is not a JSON object", hint=f"fix or re-download {path}")
     return data
@@ -59,6 +85,64 @@ def _inside(folder: Path, name: str) -> Path:
             hint="model files must reference files inside their own folder; remove the path from the config",
         )
     return p
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_config(config: dict) -> None:
+    """Refuse config.json values that are missing, of the wrong type, absurd or inconsistent."""
+    missing = [k for k in REQUIRED_CONFIG_KEYS if not _is_int(config.get(k)) or config.get(k) <= 0]
+    if missing:
+        raise CheckpointError(
+            f"config.json lacks valid values for {', '.join(missing)}",
+            hint="config.json must give positive integers for " + ", ".join(REQUIRED_CONFIG_KEYS),
+        )
+    for key, top in CONFIG_BOUNDS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not _is_int(value) or not 1 <= value <= top:
+            raise CheckpointError(f"config.json: {key}={value!r} is outside the range koquant accepts (1 to {top})",
+                                  hint=f"fix {key} in config.json; it must describe the weights in the folder")
+    for key in POSITIVE_FLOATS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise CheckpointError(f"config.json: {key}={value!r} is not a positive number", hint=f"fix {key} in config.json")
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise CheckpointError(f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}",
+                              hint="fix num_key_value_heads in config.json")
+    if config.get("head_dim") is None and config["hidden_size"] % heads:
+        raise CheckpointError(
+            f"config.json: hidden_size={config['hidden_size']} is not divisible by num_attention_heads={heads} "
+            "and no head_dim is given", hint="fix hidden_size or num_attention_heads, or add head_dim")
+
+
+def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """The safetensors shape (out, in) of every weight config.json implies (Llama, Mistral and Gemma layouts)."""
+    hidden, vocab, heads = cfg["hidden_size"], cfg["vocab_size"], cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    kv = cfg.get("num_key_value_heads") or heads
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
+              "model.norm.weight": (hidden,)}
+    per_layer = {"self_attn.q_proj.weight": (heads * head_dim, hidden), "self_attn.k_proj.weight": (kv * head_dim, hidden),
+                 "self_attn.v_proj.weight": (kv * head_dim, hidden), "self_attn.o_proj.weight": (hidden, heads * head_dim),
+                 "input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,)}
+    inter = cfg.get("intermediate_size")
+    if inter is not None:
+        per_layer.update({"mlp.gate_proj.weight": (inter, hidden), "mlp.up_proj.weight": (inter, hidden),
+                          "mlp.down_proj.weight": (hidden, inter)})
+    for i in range(cfg["num_hidden_layers"]):
+        shapes.update({f"model.layers.{i}.{k}": v for k, v in per_layer.items()})
+    return shapes
+
+
+def describe_config(cfg: dict) -> str:
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size")
+    return ", ".join(f"{k}={cfg[k]}" for k in keys if cfg.get(k) is not None)
 
 
 @dataclass
@@ -91,12 +175,7 @@ class Checkpoint:
             )
         config = _read_json(cfg_path)
         arch = resolve_architecture(config, where=str(cfg_path))
-        missing = [k for k in REQUIRED_CONFIG_KEYS if not isinstance(config.get(k), int) or config.get(k) <= 0]
-        if missing:
-            raise CheckpointError(
-                f"config.json lacks valid values for {', '.join(missing)}",
-                hint="config.json must give positive integers for " + ", ".join(REQUIRED_CONFIG_KEYS),
-            )
+        check_config(config)
 
         weight_files, pickle_weights = cls._find_weights(folder, allow_pickle)
         tensors: dict[str, TensorInfo] = {}
@@ -116,7 +195,7 @@ class Checkpoint:
                 _inside(folder, tok_cfg[key])
         chat_template = cls._find_chat_template(folder, tok_cfg)
         ckpt = cls(folder, config, arch, weight_files, tensors, tok_files, chat_template, pickle_weights)
-        ckpt._check_vocab()
+        ckpt._check_weights()
         return ckpt
 
     @staticmethod
@@ -126,6 +205,8 @@ class Checkpoint:
             wm = _read_json(index).get("weight_map")
             if not isinstance(wm, dict) or not wm:
                 raise CheckpointError(f"{index.name} has no weight_map", hint="re-save the model")
+            if not all(isinstance(v, str) for v in wm.values()):
+                raise CheckpointError(f"{index.name} maps tensors to something other than file names", hint="re-save the model")
             files = []
             for name in sorted(set(wm.values())):
                 p = _inside(folder, name)
@@ -166,6 +247,31 @@ class Checkpoint:
             tpl = named.get("default")
         return tpl if isinstance(tpl, str) else None
 
+    def _check_weights(self) -> None:
+        self._check_vocab()
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """config.json must describe the weights it comes with (read from the safetensors headers only)."""
+        if not self.tensors:
+            return
+        cfg = self.config
+        layers = {int(m.group(1)) for n in self.tensors if (m := _LAYER.match(n))}
+        if layers != set(range(cfg["num_hidden_layers"])):
+            held = f"layers {min(layers)}-{max(layers)}" if layers else "no decoder layers"
+            raise CheckpointError(
+                f"config.json says num_hidden_layers={cfg['num_hidden_layers']} but the weights hold {held}",
+                hint="fix num_hidden_layers in config.json, or use the weights that belong to this config",
+            )
+        for name, shape in expected_shapes(cfg).items():
+            info = self.tensors.get(name)
+            if info is not None and info.shape != shape:
+                raise CheckpointError(
+                    f"config.json does not match the weights: {name} is {list(info.shape)}, but config.json implies "
+                    f"{list(shape)} ({describe_config(cfg)})",
+                    hint="fix config.json, or use the weights that belong to this config",
+                )
+
     def _check_vocab(self) -> None:
         vocab = self.config["vocab_size"]
         embed = next((t for n, t in self.tensors.items() if n.endswith("embed_tokens.weight")), None)
@@ -201,15 +307,26 @@ class Checkpoint:
         tj = self.path / "tokenizer.json"
         if not tj.is_file():
             return None
-        data = _read_json(tj)
+        data = _read_json(tj, MAX_TOKENIZER_JSON_BYTES)
         ids: list[int] = []
-        vocab = (data.get("model") or {}).get("vocab")
+        model = data.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
+        added = data.get("added_tokens")
         if isinstance(vocab, dict):
-            ids.extend(int(v) for v in vocab.values())
+            ids.extend(vocab.values())
         elif isinstance(vocab, list):
             ids.append(len(vocab) - 1)
-        ids.extend(int(t["id"]) for t in data.get("added_tokens") or [] if isinstance(t, dict) and "id" in t)
+        if isinstance(added, list):
+            ids.extend(t["id"] for t in added if isinstance(t, dict) and "id" in t)
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise CheckpointError("tokenizer.json has a token id that is not a non-negative integer",
+                                  hint="re-save the tokenizer with transformers (tokenizer.save_pretrained(folder))")
         return max(ids) + 1 if ids else None
+
+    @cached_property
+    def tokenizer_config(self) -> dict:
+        p = self.path / "tokenizer_config.json"
+        return _read_json(p) if p.is_file() else {}
 
     @cached_property
     def generation_config(self) -> dict:
@@ -277,7 +394,7 @@ class Checkpoint:
         out = dest / "model.safetensors"
         save_file(tensors, str(out), metadata={"format": "pt"})
         self.tensors = read_safetensors_header(out)
-        self._check_vocab()
+        self._check_weights()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

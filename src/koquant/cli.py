@@ -7,6 +7,7 @@ code non-zero, traceback only with ``KOQUANT_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -22,6 +23,8 @@ _COMMANDS = {
     "demo": ("koquant.cli_export", "build the built-in Korean miniature and export it to GGUF"),
     "plan": ("koquant.plan.cli", "file size and RAM of every format and quant, from config.json alone"),
     "chat": ("koquant.cli_chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
+    "verify": ("koquant.cli_verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
+    "bench": ("koquant.cli_bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
 }
 
 
@@ -64,4 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine refused (disk full, permissions, read-only): a message, not a traceback
+        if e.errno not in _USER_ERRNOS:
+            raise
+        if os.environ.get("KOQUANT_DEBUG"):
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror}{where}", file=sys.stderr)
+        print("  hint: free some space or choose a writable location (-o), then run the command again", file=sys.stderr)
+        return 2
+
+
+_USER_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 

@@ -84,6 +84,8 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     sym.add_argument("--sym", dest="sym", action="store_true", default=None, help="GPTQ: symmetric grid (default)")
     sym.add_argument("--asym", dest="sym", action="store_false", help="GPTQ: asymmetric grid (stored zero points)")
     p.add_argument("--damp", type=float, help="GPTQ: Hessian dampening, fraction of its mean diagonal (default 0.05)")
+    p.add_argument("--bench", action="store_true",
+                   help="then run koquant bench on the export against the source (report in <OUT>-bench)")
 
 
 def configure_demo(p: argparse.ArgumentParser) -> None:
@@ -136,6 +138,10 @@ def main_export(args: argparse.Namespace) -> int:
         art = export(model_dir, recipe, args.output, allow_pickle=args.allow_pickle, force=args.force,
                      progress=progress, base_model=args.base_model)
     _report(art, args.json)
+    if getattr(args, "bench", False):
+        from .cli_bench import bench_after_export
+
+        bench_after_export(model_dir, art.path, args.threads, args.json)
     return 0
 
 

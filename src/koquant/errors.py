@@ -53,3 +53,13 @@ class ValidationError(KoquantError):
 
 class OutputError(KoquantError):
     """The output location cannot be written."""
+
+
+class ArtifactError(KoquantError):
+    """An artifact folder or its ``koquant.json`` is malformed."""
+
+
+class IntegrityError(ArtifactError):
+    """An artifact's files differ from what its manifest recorded (changed, missing or extra)."""
+
+    exit_code = 4

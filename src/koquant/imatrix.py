@@ -41,9 +41,17 @@ def gguf_name(hf_module: str, arch: Architecture) -> str | None:
     return f"blk.{m.group(1)}.{arch.linear_names[m.group(2)]}.weight"
 
 
-def compute_imatrix(model, arch: Architecture, chunks, on_chunk=None) -> Imatrix:
-    """Run ``model`` (an HF causal LM) over token chunks and collect the importance matrix."""
+def compute_imatrix(model, arch: Architecture, chunks, on_chunk=None, on_layer=None) -> Imatrix:
+    """Run ``model`` over token chunks and collect the importance matrix.
+
+    ``model``: an HF causal LM (``on_chunk`` after each chunk) or a
+    :class:`~koquant.layerwise.LayerwiseModel` (one decoder layer in memory at a time; ``on_layer``
+    after each layer). Both accumulate every tensor's chunks in the same order, so they give the
+    same sums.
+    """
     import torch
+
+    from .layerwise import LayerwiseModel
 
     result = Imatrix()
     hooks = []
@@ -60,13 +68,22 @@ def compute_imatrix(model, arch: Architecture, chunks, on_chunk=None) -> Imatrix
 
         return hook
 
-    for mod_name, module in model.named_modules():
+    hf = model.model if isinstance(model, LayerwiseModel) else model
+    for mod_name, module in hf.named_modules():
         if isinstance(module, torch.nn.Linear):
             gname = gguf_name(mod_name, arch)
             if gname:
                 hooks.append(module.register_forward_pre_hook(make_hook(gname)))
     if not hooks:
         raise RuntimeError(f"no linear layers of {arch.hf_class} matched the GGUF name table")
+    if isinstance(model, LayerwiseModel):
+        try:
+            model.run_decoder(chunks.ids, on_layer=on_layer)
+            result.n_chunks = len(chunks.ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        return result
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     try:
         with torch.inference_mode():

@@ -37,7 +37,8 @@ def import_llama_cpp():
     except ImportError:
         raise BackendMissingError(
             "GGUF export needs llama-cpp-python, which is not installed",
-            hint=f"pip install 'koquant[gguf]' (builds {SDIST} from source, ~12 CPU-minutes)",
+            hint=f"pip install -c constraints.txt -e '.[gguf]' in a checkout, or pip install 'koquant[gguf]' "
+            f"(builds {SDIST} from source, ~12 CPU-minutes)",
         ) from None
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
         raise BackendMissingError(

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
-from .artifact import MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_location, staged_output, write_manifest
+from .artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_location, inventory, staged_output,
+                       write_manifest)
 from .calib import TextSet, check_disjoint, korean_constitution, load_text_set
 from .checkpoint import Checkpoint
 from .errors import ValidationError
@@ -74,6 +75,8 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
     if exporter.needs_calibration(recipe):
         calibration = load_text_set(recipe.calib)
         check_disjoint(calibration, heldout)
+        if recipe.calib_chat:
+            check_calibration_template(ckpt, calibration)
     check_output_location(out, force)
 
     with staged_output(out, force) as tmp:
@@ -94,9 +97,29 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
         finalize = getattr(exporter, "finalize", None)  # optional: per-format records (e.g. ONNX per-quant folders)
         if finalize is not None:
             finalize(ctx, manifest)
-        write_manifest(tmp, manifest)
         write_model_card(tmp, manifest)
+        manifest["inventory"] = inventory(tmp)  # every other file's size and sha256, for `koquant verify`
+        write_manifest(tmp, manifest)
     return Artifact(out, manifest)
+
+
+def check_calibration_template(ckpt: Checkpoint, calibration: TextSet) -> None:
+    """Render the first calibration conversation before any work: a template that is broken or
+    hostile stops the export now, with the sandbox's message, instead of after the conversion."""
+    from .errors import CalibrationError
+
+    if not ckpt.chat_template:
+        raise CalibrationError("--calib-chat needs a chat template, and the model has none",
+                               hint="drop --calib-chat or add chat_template.jinja to the model folder")
+    tok_cfg = ckpt.tokenizer_config
+    first = TextSet(calibration.name, calibration.documents[:1])
+    first.chat_text(ckpt.chat_template, _token_text(tok_cfg.get("bos_token")), _token_text(tok_cfg.get("eos_token")))
+
+
+def _token_text(token) -> str | None:
+    if isinstance(token, dict):  # {"content": "<s>", ...} in older tokenizer configs
+        token = token.get("content")
+    return token if isinstance(token, str) else None
 
 
 def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: str | None) -> dict:

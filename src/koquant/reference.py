@@ -1,7 +1,10 @@
 """The source model as the reference every export is measured against.
 
-Loaded once per export run (tokenizer, fp32 weights), it tokenizes the held-out and
-calibration text and computes the reference logits that every format's gate compares to.
+It tokenizes the held-out and calibration text and computes the reference logits that every
+format's gate compares to. The logits (and the GGUF importance matrix) come from
+:class:`~koquant.layerwise.LayerwiseModel`, which holds one decoder layer in float32 at a time,
+so the reference costs a few layers of memory, not the whole model; ``model`` (the whole model
+in float32) is loaded only by the code that needs it (ONNX int4 GPTQ and greedy parity).
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ class Reference:
         return AutoModelForCausalLM.from_pretrained(self.dir, dtype=torch.float32).eval()
 
     @cached_property
+    def layerwise(self):
+        """The source in float32, one decoder layer in memory at a time."""
+        from .layerwise import LayerwiseModel
+
+        return LayerwiseModel(self.dir)
+
+    @cached_property
     def bos_id(self) -> int | None:
         """BOS id if the tokenizer adds one, else None."""
         tok = self.tokenizer
@@ -57,9 +67,15 @@ class Reference:
 
     @cached_property
     def logits(self) -> list[np.ndarray]:
-        """Source next-token logits (float32) for every eval chunk."""
+        """Source next-token logits (float32) for every eval chunk.
+
+        From the whole model when something already loaded it, else layer by layer: the two are
+        bit-identical (``tests/test_memory_bound.py``).
+        """
         import torch
 
+        if "model" not in self.__dict__:
+            return self.layerwise.logits(self.eval_chunks.ids)
         out = []
         with torch.inference_mode():
             for chunk in self.eval_chunks.ids:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_DIMS = 8
 
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -30,6 +31,10 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
@@ -51,20 +56,23 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         raw = f.read(header_len)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{bad}: header is not JSON ({e.__class__.__name__})", hint=redo) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{bad}: header is not a JSON object", hint=redo)
     data_len = size - 8 - header_len
     tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
     end_max = 0
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = info["dtype"]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(info["shape"])
+            begin, end = info["data_offsets"]
+            if not all(_is_int(x) for x in (*shape, begin, end)) or len(shape) > MAX_DIMS:
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{bad}: tensor {name!r} has a malformed entry", hint=redo) from None
         if dtype not in DTYPE_BYTES or any(d < 0 for d in shape):
@@ -78,7 +86,12 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
                 hint=redo,
             )
         end_max = max(end_max, end)
+        spans.append((begin, end, name))
         tensors[name] = TensorInfo(name, dtype, shape, nbytes)
+    spans.sort()
+    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            raise CheckpointError(f"{bad}: tensors {prev!r} and {name!r} overlap in the data", hint=redo)
     if end_max != data_len:
         raise CheckpointError(
             f"{bad}: the header accounts for {end_max} data bytes but the file holds {data_len}",

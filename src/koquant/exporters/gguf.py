@@ -64,8 +64,9 @@ class GGUFExporter:
         imatrix = None
         if self.needs_calibration(recipe):
             chunks = ref.calibration_chunks(ctx.calibration)
-            with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", len(chunks.ids)) as advance:
-                imatrix = compute_imatrix(ref.model, ckpt.architecture, chunks, on_chunk=advance)
+            layers = ref.layerwise.n_layers
+            with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
+                imatrix = compute_imatrix(ref.layerwise, ckpt.architecture, chunks, on_layer=advance)
             llamacpp.write_imatrix_gguf(ctx.out / "imatrix.gguf", imatrix, ctx.calibration.name, chunks.n_ctx)
             ctx.notes["imatrix"] = {"file": "imatrix.gguf", "imatrix_sha256": sha256_file(ctx.out / "imatrix.gguf"),
                                     "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,

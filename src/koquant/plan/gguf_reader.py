@@ -30,6 +30,7 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NAME = 1024  # llama.cpp allows 63; be lenient with other writers, still bounded
 _MAX_ARRAY_DEPTH = 4
 _KEEP_ARRAY = 64  # arrays up to this many elements keep their values
+_MAX_STRING = 64 * 1024 * 1024  # a metadata string koquant decodes (chat templates are a few KiB)
 
 # value type id -> (struct format, size); 8 = string, 9 = array
 _SCALARS = {
@@ -134,8 +135,10 @@ class _Cursor:
     def u64(self, what: str) -> int:
         return self.unpack("<Q", 8, what)
 
-    def string(self, what: str, limit: int | None = None) -> str:
+    def string(self, what: str, limit: int | None = None, fits_first: bool = False) -> str:
         n = self.u64(f"length of {what}")
+        if fits_first:  # a length beyond the end of the file is reported as such, before the limit
+            self.need(n, what)
         if limit is not None and n > limit:
             raise self.fail(f"{what} is {n} bytes long (limit {limit})")
         self.need(n, what)
@@ -154,7 +157,7 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
         fmt, n = _SCALARS[vtype]
         return cur.unpack(fmt, n, f"value of {key}")
     if vtype == _STRING:
-        return cur.string(f"value of {key}")
+        return cur.string(f"value of {key}", limit=_MAX_STRING, fits_first=True)
     if vtype != _ARRAY:
         raise cur.fail(f"unknown value type {vtype} for key {key!r}")
     if depth >= _MAX_ARRAY_DEPTH:
@@ -175,7 +178,7 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
         if count > remaining // 8:
             raise cur.fail(f"array {key!r} claims {count} strings, more than the file holds")
         if count <= _KEEP_ARRAY:
-            values = tuple(cur.string(f"element of {key}") for _ in range(count))
+            values = tuple(cur.string(f"element of {key}", limit=_MAX_STRING, fits_first=True) for _ in range(count))
         else:
             values = None
             for _ in range(count):
@@ -183,9 +186,14 @@ def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
     elif etype == _ARRAY:
         if count > remaining // 12:
             raise cur.fail(f"array {key!r} claims {count} arrays, more than the file holds")
-        # an element of an array of arrays is (element type, count, elements), without a type tag
-        items = [_value(cur, _ARRAY, key, depth + 1) for _ in range(count)]
-        values = tuple(items) if count <= _KEEP_ARRAY else None
+        # an element of an array of arrays is (element type, count, elements), without a type tag;
+        # long ones are walked without keeping their elements (memory stays bounded whatever the count)
+        values = None
+        if count <= _KEEP_ARRAY:
+            values = tuple(_value(cur, _ARRAY, key, depth + 1) for _ in range(count))
+        else:
+            for _ in range(count):
+                _value(cur, _ARRAY, key, depth + 1)
     else:
         raise cur.fail(f"unknown element type {etype} in array {key!r}")
     return GGUFArray(_TYPE_NAMES.get(etype, str(etype)), count, cur.pos - start, values)

@@ -1,0 +1,167 @@
+"""``bench()``: check every input, run the baseline and each export in a worker process, write the report."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import BackendMissingError
+from .settings import BenchError, BenchSettings
+from .targets import expand, source_target
+from .worker import MARK
+
+
+def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None, force: bool = False,
+          **settings):
+    """Measure each export in ``artifacts`` against the source checkpoint ``source_dir``.
+
+    ``artifacts``: paths ``koquant.load`` accepts (an artifact folder stands for every file it
+    lists). ``out``: the report folder (``report.md``, ``report.json``, ``report.png``), written
+    atomically; None writes nothing. ``text``: a UTF-8 text file (default: the held-out Korean
+    Constitution). ``mc``: a JSONL file of multiple-choice items. ``settings``: the fields of
+    :class:`~koquant.bench.settings.BenchSettings` (``ctx``, ``chunks``, ``threads``,
+    ``baseline_dtype``, ``prefill``, ``decode_tokens``, ``warmup``, ``repeats``, ``latency``,
+    ``quality``). ``progress``: a rich Progress to report on. Returns the :class:`Report`.
+    """
+    from ..checkpoint import Checkpoint
+    from ..runtime.tokenizer import HFTokenizer
+    from . import latency as lat
+    from .quality import choice_requests, load_choices, prepare_text, read_text
+    from .report import Report, check_report_location, environment, write_report
+
+    t_start = time.perf_counter()
+    cfg = BenchSettings(**settings).check()
+    if out is not None and importlib.util.find_spec("matplotlib") is None:
+        raise BackendMissingError("the bench report's plot needs matplotlib, which is not installed",
+                                  hint="pip install -c constraints.txt -e '.[bench]'")
+    source_dir = Path(source_dir).expanduser()
+    ckpt = Checkpoint.open(source_dir)
+    baseline_dtype = cfg.baseline_dtype or ckpt.source_dtype
+    if baseline_dtype not in ("float32", "bfloat16", "float16"):
+        raise BenchError(f"the source is stored as {baseline_dtype}, which transformers cannot run as a baseline here",
+                         hint="pass --baseline-dtype float32 or bfloat16")
+    targets = expand(list(artifacts))
+    source = source_target(source_dir, baseline_dtype)
+    bench_text = read_text(text)
+    items = None
+    if mc is not None:
+        mc_name, items = load_choices(mc)
+    if out is not None:
+        out = Path(out).expanduser()
+        check_report_location(out, force)
+
+    tokenizer = HFTokenizer(source_dir)
+    tokens = prepare_text(tokenizer, bench_text, cfg)
+    requests = choice_requests(tokenizer, items) if items else None
+    threads = cfg.threads or os.cpu_count() or 1
+    machine, versions = environment()
+    if cfg.latency:
+        machine["memory_bandwidth"] = lat.memory_bandwidth()
+
+    with _workdir(out, force) as (folder, work):
+        chunks_path = work / "chunks.npy"
+        if cfg.quality:
+            import numpy as np
+
+            np.save(chunks_path, tokens.ids)
+        prompts = {str(n): list(tokens.head[:n]) for n in cfg.prefill}
+        results = {}
+        baseline_logits = work / "baseline-logits.npy"
+        runs = [(source, {"dtype": baseline_dtype}), *[(t, {}) for t in targets]]
+        for i, (target, extra) in enumerate(runs):
+            job = {
+                "name": target.name, "format": target.format, "path": target.path, "quant": target.quant,
+                "options": {"threads": threads, "n_ctx": cfg.n_ctx, **extra},
+                "settings": cfg.to_dict() | {"threads": threads},
+                "latency": {"prompts": prompts, "decode_tokens": cfg.decode_tokens, "warmup": cfg.warmup,
+                            "repeats": cfg.repeats} if cfg.latency else None,
+                "quality": {"chunks": str(chunks_path),
+                            "record": str(baseline_logits) if i == 0 else None,
+                            "baseline": None if i == 0 else str(baseline_logits)} if cfg.quality else None,
+                "mc": {"requests": requests} if requests else None,
+                "result": str(work / f"result-{i}.json"),
+            }
+            for k in ("first_scored", "scored_per_chunk", "n_ctx"):
+                job["settings"].pop(k)
+            results[target.name] = _run_worker(job, work / f"job-{i}.json", progress, i, len(runs))
+        baseline_logits.unlink(missing_ok=True)
+
+        report = Report.build(
+            source=source, baseline_dtype=baseline_dtype, stored_dtype=ckpt.source_dtype, targets=targets,
+            results=results, settings=cfg, threads=threads, text=bench_text, tokens=tokens,
+            mc=(mc_name, items) if items else None, machine=machine, versions=versions,
+            wall_s=time.perf_counter() - t_start)
+        if folder is not None:
+            write_report(report, folder)
+    return report
+
+
+@contextlib.contextmanager
+def _workdir(out: Path | None, force: bool):
+    """(report folder or None, scratch folder): staged beside ``out`` and renamed into place on success."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="koquant-bench-") as tmp:
+            yield None, Path(tmp)
+        return
+    import shutil
+
+    from ..artifact import staged_output
+
+    with staged_output(out, force=True) as tmp:  # check_report_location has already refused what must not be replaced
+        work = tmp / ".work"
+        work.mkdir()
+        yield tmp, work
+        shutil.rmtree(work, ignore_errors=True)
+
+
+_PHASES = {"load": "loading", "latency": "latency", "quality": "quality", "mc": "multiple choice"}
+
+
+def _run_worker(job: dict, job_path: Path, progress, index: int, count: int) -> dict:
+    job_path.write_text(json.dumps(job), encoding="utf-8")
+    label = f"[{index + 1}/{count}] {job['name']}"
+    task = progress.add_task(f"{label}: starting", total=None) if progress is not None else None
+    log = job_path.with_suffix(".log")
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w", encoding="utf-8") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "koquant.bench.worker", str(job_path)], stdout=subprocess.PIPE,
+                                stderr=err, text=True, encoding="utf-8", errors="replace", env=env)
+        other: list[str] = []
+        try:
+            for line in proc.stdout:
+                at = line.find(MARK)
+                if at < 0:
+                    if line.strip():
+                        other.append(line.rstrip("\n"))
+                    continue
+                if task is not None:
+                    ev = json.loads(line[at + len(MARK):])
+                    desc = f"{label}: {_PHASES.get(ev['phase'], ev['phase'])}"
+                    if "total" in ev:
+                        progress.update(task, description=desc, total=ev["total"], completed=ev["done"])
+                    else:
+                        progress.update(task, description=desc)
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    result_path = Path(job["result"])
+    result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
+    if rc != 0 or result is None or "error" in result:
+        tail = "\n".join((log.read_text(encoding="utf-8", errors="replace").splitlines() + other)[-8:])
+        e = (result or {}).get("error") or {}
+        if os.environ.get("KOQUANT_DEBUG") and e.get("traceback"):
+            print(e["traceback"], file=sys.stderr)
+        message = e.get("message") or f"the worker exited with code {rc}" + (f":\n{tail}" if tail else "")
+        raise BenchError(f"benching {job['name']} ({job['path']}) failed: {message}", hint=e.get("hint"))
+    if task is not None:
+        progress.update(task, description=f"{label}: done", total=1, completed=1)
+    return result

@@ -1,0 +1,158 @@
+"""One runtime, measured in a process of its own: ``python -m koquant.bench.worker JOB.json``.
+
+A fresh process per export makes peak memory (ru_maxrss) that export's own, and keeps one
+runtime's threads, arenas and caches away from the next. The job says what to load and measure;
+the worker writes ``result`` (JSON) and reports progress as marked lines on stdout. Order:
+imports (timed apart), load, latency, peak memory, then quality (whose logit arrays would
+otherwise inflate the peak).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+MARK = "@@koquant-bench "
+
+
+def _event(**kw) -> None:
+    sys.stdout.write("\n" + MARK + json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+def _import_hf() -> None:
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM  # noqa: F401
+
+
+def _import_gptq() -> None:
+    _import_hf()
+    import gptqmodel  # noqa: F401
+    import optimum  # noqa: F401
+
+
+def _import_gguf() -> None:
+    from ..llamacpp import import_llama_cpp
+
+    import_llama_cpp()
+
+
+def _import_onnx() -> None:
+    from .. import ortgenai
+
+    ortgenai.import_og()
+
+
+#: format -> the runtime's libraries, imported before the load is timed
+_IMPORTS = {"hf": _import_hf, "gptq": _import_gptq, "gguf": _import_gguf, "onnx": _import_onnx}
+
+
+def run(job: dict) -> dict:
+    import numpy as np
+
+    from ..runtime.loader import backend_class, load, resolve
+    from ..runtime.tokenizer import HFTokenizer
+    from . import latency as lat
+    from .quality import ChunkScorer, choice_logliks
+    from .settings import BenchSettings
+
+    settings = BenchSettings(**{**job["settings"], "prefill": tuple(job["settings"]["prefill"])})
+    fmt = job["format"]
+    out: dict = {"name": job["name"]}
+
+    t0 = time.perf_counter()
+    _IMPORTS.get(fmt, lambda: None)()
+    backend_class(fmt)
+    # every Session reads the source tokenizer with transformers, which imports the model family's
+    # modules on first use: part of the import cost, not of loading this export
+    target = resolve(job["path"], job["quant"])
+    if target.tokenizer_dir is not None:
+        HFTokenizer(target.tokenizer_dir)
+    out["import_s"] = time.perf_counter() - t0
+    out["rss_before_load_bytes"] = lat.rss_bytes()
+    _event(phase="load")
+    t0 = time.perf_counter()
+    session = load(job["path"], quant=job["quant"], **job["options"])
+    out["load_s"] = time.perf_counter() - t0
+    try:
+        out["backend"] = session.backend
+        out["threads"] = session.threads
+        out["model_bytes"] = session.memory()["model_bytes"]
+        out["rss_after_load_bytes"] = lat.rss_bytes()
+        if job.get("latency"):
+            spec = job["latency"]
+            prompts = {int(n): ids for n, ids in spec["prompts"].items()}
+            runs = spec["warmup"] + spec["repeats"]
+            done = [0]
+
+            def tick():
+                done[0] += 1
+                _event(phase="latency", done=done[0], total=runs)
+
+            _event(phase="latency", done=0, total=runs)
+            t0 = time.perf_counter()
+            out["latency"] = lat.measure(session, prompts, spec["decode_tokens"], spec["warmup"], spec["repeats"], tick)
+            out["latency_s"] = time.perf_counter() - t0
+        out["peak_rss_bytes"] = lat.peak_rss_bytes()  # load + latency, before quality allocates logits
+
+        q = job.get("quality")
+        if q:
+            chunks = np.load(q["chunks"])
+            baseline = np.load(q["baseline"], mmap_mode="r") if q.get("baseline") else None
+            record = None
+            if q.get("record"):  # the baseline run keeps its scored logits for the exports
+                rows = len(chunks) * settings.scored_per_chunk
+                record = np.lib.format.open_memmap(q["record"], mode="w+", dtype=np.float32,
+                                                   shape=(rows, session.n_vocab))
+            scorer = ChunkScorer(settings, baseline)
+            _event(phase="quality", done=0, total=len(chunks))
+            t0 = time.perf_counter()
+            for i, ids in enumerate(chunks):
+                logits = session.logits(ids.tolist())
+                if record is not None:
+                    n = settings.scored_per_chunk
+                    record[i * n:(i + 1) * n] = scorer.scored_rows(logits)
+                scorer.add(i, ids, logits)
+                _event(phase="quality", done=i + 1, total=len(chunks))
+            if record is not None:
+                record.flush()
+                del record
+            out["quality"] = scorer.result()
+            out["quality_s"] = time.perf_counter() - t0
+        mc = job.get("mc")
+        if mc:
+            _event(phase="mc", done=0, total=1)
+            out["mc_logliks"] = choice_logliks(session, [(ids, start) for ids, start in mc["requests"]])
+            _event(phase="mc", done=1, total=1)
+        out["notes"] = list(session.notes)
+    finally:
+        session.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import KoquantError
+
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    result_path = Path(job["result"])
+    try:
+        result = run(job)
+    except KoquantError as e:
+        result_path.write_text(json.dumps({"error": {"type": type(e).__name__, "message": e.message, "hint": e.hint,
+                                                     "traceback": traceback.format_exc()}}), encoding="utf-8")
+        return 2
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises a BenchError
+        result_path.write_text(json.dumps({"error": {"type": type(e).__name__, "message": f"{type(e).__name__}: {e}",
+                                                     "hint": None, "traceback": traceback.format_exc()}}),
+                               encoding="utf-8")
+        return 1
+    result_path.write_text(json.dumps(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

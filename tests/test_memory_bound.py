@@ -1,0 +1,121 @@
+"""The reference costs a few layers of memory, not the whole model, and gives the same numbers.
+
+``LayerwiseModel`` (``koquant.layerwise``) computes the reference logits and the GGUF importance
+matrix one decoder layer at a time, straight from safetensors. Its results must be bit-identical
+to the whole float32 model's, for every family, and its peak memory must not grow with depth.
+``benchmarks/export_memory_1b.py`` shows the same on whole exports of a 1.1 B model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from koquant.testing.miniatures import build_miniature
+
+
+def _chunks(vocab: int, n: int = 2, length: int = 48) -> list[list[int]]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, vocab, length).tolist() for _ in range(n)]
+
+
+def test_layerwise_logits_are_bit_identical(family):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koquant.layerwise import LayerwiseModel
+
+    folder = build_miniature(family)  # the session's trained miniatures (built for the exports anyway)
+    lw = LayerwiseModel(folder)
+    chunks = _chunks(lw.config.vocab_size)
+    got = lw.logits(chunks)
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        want = [full(input_ids=torch.tensor([c]), use_cache=False).logits[0].float().numpy() for c in chunks]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert all(p.is_meta for p in lw.model.parameters()), "weights stayed in memory after the run"
+
+
+def test_layerwise_imatrix_is_bit_identical():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koquant.calib import Chunks
+    from koquant.checkpoint import Checkpoint
+    from koquant.imatrix import compute_imatrix
+    from koquant.layerwise import LayerwiseModel
+
+    folder = build_miniature("komt-mini")
+    arch = Checkpoint.open(folder).architecture
+    lw = LayerwiseModel(folder)
+    ids = _chunks(lw.config.vocab_size, 3)
+    chunks = Chunks(tuple(map(tuple, ids)), 48, 3 * 48)
+    a = compute_imatrix(lw, arch, chunks)
+    b = compute_imatrix(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), arch, chunks)
+    assert a.names() == b.names() and a.n_chunks == b.n_chunks == 3
+    assert all(np.array_equal(a.sum2[n], b.sum2[n]) and a.counts[n] == b.counts[n] for n in a.names())
+
+
+# VmHWM, the peak of this process's own memory (ru_maxrss would start at the RSS of the pytest process
+# it was forked from, and hide growth below that)
+_PEAK = (
+    "import json, sys\n"
+    "from koquant.layerwise import LayerwiseModel\n"
+    "m = LayerwiseModel(sys.argv[1])\n"
+    "m.logits(json.loads(sys.argv[2]))\n"
+    "print(next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')))\n"
+)
+
+
+def _synthetic(dest: Path, layers: int, hidden: int = 1024, inter: int = 2816) -> int:
+    """A random bf16 Llama, one shard per layer (never more than one layer in memory here either)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig
+
+    src = build_miniature("synatra-mini", trained=False)
+    dest.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (dest / name).write_bytes((src / name).read_bytes())
+    vocab = 4096
+    LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                num_attention_heads=8, num_key_value_heads=2, architectures=["LlamaForCausalLM"]).save_pretrained(dest)
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    wm = {}
+    top = {"model.embed_tokens.weight": r(vocab, hidden), "lm_head.weight": r(vocab, hidden),
+           "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+    save_file(top, dest / "top.safetensors")
+    wm.update(dict.fromkeys(top, "top.safetensors"))
+    kv = hidden // 8 * 2
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        t = {p + "self_attn.q_proj.weight": r(hidden, hidden), p + "self_attn.k_proj.weight": r(kv, hidden),
+             p + "self_attn.v_proj.weight": r(kv, hidden), p + "self_attn.o_proj.weight": r(hidden, hidden),
+             p + "mlp.gate_proj.weight": r(inter, hidden), p + "mlp.up_proj.weight": r(inter, hidden),
+             p + "mlp.down_proj.weight": r(hidden, inter), p + "input_layernorm.weight": torch.ones(hidden),
+             p + "post_attention_layernorm.weight": torch.ones(hidden)}
+        save_file(t, dest / f"layer{i}.safetensors")
+        wm.update(dict.fromkeys(t, f"layer{i}.safetensors"))
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    return (2 * hidden * hidden + 2 * kv * hidden + 3 * inter * hidden) * 4  # float32 bytes of one layer
+
+
+def test_reference_memory_does_not_grow_with_depth(tmp_path):
+    """2 vs 8 decoder layers of 45 MiB (float32) each: the whole model would need 270 MiB more."""
+    peaks, layer_bytes = {}, 0
+    for layers in (2, 8):
+        layer_bytes = _synthetic(tmp_path / f"m{layers}", layers)
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path / f"m{layers}"), json.dumps(_chunks(4096, 2, 64))],
+                             capture_output=True, text=True, check=True).stdout
+        peaks[layers] = int(out.split()[-1]) * 1024
+    growth = peaks[8] - peaks[2]
+    assert growth < 2 * layer_bytes, f"peak RSS grew {growth / 2**20:.0f} MiB for 6 more layers " \
+                                     f"of {layer_bytes / 2**20:.0f} MiB each"
