@@ -30,21 +30,25 @@ def default_model():
     return build_miniature(DEFAULT_MODEL)
 
 
-@pytest.fixture(scope="session")
-def gguf_exports(tmp_path_factory):
-    """export(name) -> Artifact of F16,Q8_0,Q4_K_M for a family, made once per session."""
+def _exports(tmp_path_factory, fmt: str, quants: tuple[str, ...], **recipe):
+    """export(name) -> Artifact of ``quants`` for a family, made once per session."""
     import koquant
 
     made = {}
 
     def get(name: str):
         if name not in made:
-            out = tmp_path_factory.mktemp("gguf") / name
-            recipe = koquant.Recipe("gguf", GGUF_QUANTS, name=name, calib_chunks=8)
-            made[name] = koquant.export(build_miniature(name), recipe, out)
+            out = tmp_path_factory.mktemp(fmt) / name
+            made[name] = koquant.export(build_miniature(name), koquant.Recipe(fmt, quants, name=name, **recipe), out)
         return made[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gguf_exports(tmp_path_factory):
+    """export(name) -> Artifact of F16,Q8_0,Q4_K_M for a family."""
+    return _exports(tmp_path_factory, "gguf", GGUF_QUANTS, calib_chunks=8)
 
 
 ONNX_QUANTS = ("fp32", "int4")
@@ -52,22 +56,11 @@ ONNX_QUANTS = ("fp32", "int4")
 
 @pytest.fixture(scope="session")
 def onnx_exports(tmp_path_factory):
-    """export(name) -> Artifact of ONNX fp32,int4 (Korean GPTQ) for a family, made once per session.
+    """export(name) -> Artifact of ONNX fp32,int4 (Korean GPTQ) for a family.
 
     Small calibration and evaluation (2 cores in CI): 4 x 256 calibration tokens, 2 x 256 held-out.
     """
-    import koquant
-
-    made = {}
-
-    def get(name: str):
-        if name not in made:
-            out = tmp_path_factory.mktemp("onnx") / name
-            recipe = koquant.Recipe("onnx", ONNX_QUANTS, name=name, calib_ctx=256, calib_chunks=4, eval_chunks=2)
-            made[name] = koquant.export(build_miniature(name), recipe, out)
-        return made[name]
-
-    return get
+    return _exports(tmp_path_factory, "onnx", ONNX_QUANTS, calib_ctx=256, calib_chunks=4, eval_chunks=2)
 
 
 GPTQ_QUANT = "w4g128"
@@ -75,22 +68,11 @@ GPTQ_QUANT = "w4g128"
 
 @pytest.fixture(scope="session")
 def gptq_exports(tmp_path_factory):
-    """export(name) -> Artifact of GPTQ 4-bit g128 (Korean-calibrated) for a family, made once per session.
+    """export(name) -> Artifact of GPTQ 4-bit g128 (Korean-calibrated) for a family.
 
     Small calibration and evaluation (2 cores in CI): 8 x 256 calibration tokens, 2 x 256 held-out.
     """
-    import koquant
-
-    made = {}
-
-    def get(name: str):
-        if name not in made:
-            out = tmp_path_factory.mktemp("gptq") / name
-            recipe = koquant.Recipe("gptq", (GPTQ_QUANT,), name=name, calib_ctx=256, calib_chunks=8, eval_chunks=2)
-            made[name] = koquant.export(build_miniature(name), recipe, out)
-        return made[name]
-
-    return get
+    return _exports(tmp_path_factory, "gptq", (GPTQ_QUANT,), calib_ctx=256, calib_chunks=8, eval_chunks=2)
 
 
 @pytest.fixture(scope="session")

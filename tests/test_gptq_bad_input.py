@@ -8,26 +8,9 @@ from pathlib import Path
 import pytest
 
 from koquant.checkpoint import TOKENIZER_FILES
-from koquant.cli import main
 from koquant.exporters.gptq import GPTQOptions, check_shapes, layer_widths
-from koquant.testing.miniatures import materialize
 
-
-@pytest.fixture
-def model(tmp_path):
-    return materialize("synatra-mini", tmp_path / "model", trained=False)
-
-
-def _assert_clean(out: Path):
-    assert not out.exists() or not any(out.iterdir()), "partial output left behind"
-    assert [p.name for p in out.parent.iterdir() if ".koquant-" in p.name] == []
-
-
-def _run(argv, capsys):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return rc, err
+from .badinput import assert_clean, model, run_cli  # noqa: F401 (model is a fixture)
 
 
 BAD_OPTIONS = {
@@ -47,16 +30,16 @@ BAD_OPTIONS = {
 def test_bad_gptq_options(case, model, tmp_path, capsys):
     extra, message = BAD_OPTIONS[case]
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "gptq", "-o", str(out), *extra], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "gptq", "-o", str(out), *extra], capsys)
     assert rc == 2 and message in err and "hint:" in err, err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_gptq_options_refused_for_other_formats(model, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "--group-size", "64", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "--group-size", "64", "-o", str(out)], capsys)
     assert rc == 2 and "--group-size apply to --fmt gptq only" in err and "hint:" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def _odd_width_model(src: Path, dest: Path, intermediate: int) -> Path:
@@ -80,11 +63,11 @@ def _odd_width_model(src: Path, dest: Path, intermediate: int) -> Path:
 def test_group_size_that_does_not_divide_a_layer_is_refused(model, tmp_path, capsys):
     odd = _odd_width_model(model, tmp_path / "odd", 320)
     out = tmp_path / "out"
-    rc, err = _run(["export", str(odd), "--fmt", "gptq", "--group-size", "128", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(odd), "--fmt", "gptq", "--group-size", "128", "-o", str(out)], capsys)
     assert rc == 2, err
     assert "group size 128 does not divide the input width of model.layers.*.mlp.down_proj (in_features 320)" in err
     assert "group sizes that work for this model: 32, 64, -1" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_check_shapes_names_every_failing_layer():
@@ -112,7 +95,7 @@ def test_missing_gptqmodel_names_the_extra(model, tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(md, "version", version)
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "gptq", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "gptq", "-o", str(out)], capsys)
     assert rc == 2 and "GPTQ export needs GPTQModel, which is not installed" in err
     assert "-e '.[gptq]'" in err
-    _assert_clean(out)
+    assert_clean(out)

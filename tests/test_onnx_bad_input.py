@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
-from koquant.testing.miniatures import materialize
 
-
-@pytest.fixture
-def model(tmp_path):
-    return materialize("synatra-mini", tmp_path / "model", trained=False)
-
-
-def _assert_clean(out: Path):
-    assert not out.exists() or not any(out.iterdir()), "partial output left behind"
-    assert [p.name for p in out.parent.iterdir() if ".koquant-" in p.name] == []
-
-
-def _run(argv, capsys):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return rc, err
+from .badinput import assert_clean, model, run_cli  # noqa: F401 (model is a fixture)
 
 
 BAD_OPTIONS = {
@@ -43,16 +25,16 @@ BAD_OPTIONS = {
 def test_bad_onnx_options(case, model, tmp_path, capsys):
     extra, message = BAD_OPTIONS[case]
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "-o", str(out), *extra], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "-o", str(out), *extra], capsys)
     assert rc == 2 and message in err and "hint:" in err, err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_onnx_options_refused_for_other_formats(model, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "gguf", "--int4-algo", "rtn", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "gguf", "--int4-algo", "rtn", "-o", str(out)], capsys)
     assert rc == 2 and "--int4-algo apply to --fmt onnx only" in err and "hint:" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_unsupported_family_is_refused(model, tmp_path, capsys, monkeypatch):
@@ -60,24 +42,24 @@ def test_unsupported_family_is_refused(model, tmp_path, capsys, monkeypatch):
 
     monkeypatch.delitem(ortbuilder.BUILDER_ARCHITECTURES, "MistralForCausalLM")
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "--quant", "fp32", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "--quant", "fp32", "-o", str(out)], capsys)
     assert rc == 2 and "model builder cannot export MistralForCausalLM" in err and "try --fmt gguf" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_missing_tokenizer(model, tmp_path, capsys):
     for name in ("tokenizer.json", "tokenizer.model"):
         (model / name).unlink()
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
     assert rc == 2 and "no tokenizer in" in err and "hint:" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_unwritable_output(model, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "-o", str(blocker / "out")], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "-o", str(blocker / "out")], capsys)
     assert rc == 2 and "cannot create the output's parent folder" in err
     assert blocker.read_text() == "x"
 
@@ -99,11 +81,11 @@ def test_cpu_and_gpu_runtimes_together_are_refused(model, tmp_path, capsys, monk
     _pretend_installed(monkeypatch, {"onnxruntime": "1.31.1", "onnxruntime-genai": "0.18.0",
                                      "onnxruntime-gpu": "1.31.1"})
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
     assert rc == 2
     assert "the CPU and GPU builds of onnxruntime are installed together" in err
     assert "onnxruntime-gpu==1.31.1" in err and "pip uninstall" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 @pytest.mark.parametrize("packages, message", [
@@ -115,9 +97,9 @@ def test_cpu_and_gpu_runtimes_together_are_refused(model, tmp_path, capsys, monk
 def test_missing_or_wrong_runtime(packages, message, model, tmp_path, capsys, monkeypatch):
     _pretend_installed(monkeypatch, packages)
     out = tmp_path / "out"
-    rc, err = _run(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(model), "--fmt", "onnx", "-o", str(out)], capsys)
     assert rc == 2 and message in err and "pip install" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_failed_gate_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
@@ -125,10 +107,10 @@ def test_failed_gate_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setitem(validate.THRESHOLDS, "int4", validate.Thresholds(1.0, 0.0, 0.0))
     out = tmp_path / "out"
-    rc, err = _run(["export", str(miniature("komt-mini")), "--fmt", "onnx", "--int4-algo", "rtn",
+    rc, err = run_cli(["export", str(miniature("komt-mini")), "--fmt", "onnx", "--int4-algo", "rtn",
                     "--eval-chunks", "1", "-o", str(out)], capsys)
     assert rc == 3 and "validation failed" in err and "int4/model.onnx" in err
-    _assert_clean(out)
+    assert_clean(out)
 
 
 def test_onnx_paths_stay_lean():

@@ -51,11 +51,12 @@ class ExportContext:
         return self.task(description, 1) if self.progress is not None else nullcontext()
 
 
-def tool_versions() -> dict:
+def tool_versions(extra: tuple[str, ...] = ()) -> dict:
+    """Versions of koquant's own stack plus ``extra`` (an exporter's backend packages) where installed."""
     import importlib.metadata as md
 
     out = {"koquant": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "llama-cpp-python"):
+    for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "llama-cpp-python", *extra):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -86,7 +87,7 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
                             calibration, progress)
         files = exporter.export(ctx)
         shutil.rmtree(work)
-        manifest = build_manifest(ctx, files, base_model)
+        manifest = build_manifest(ctx, files, base_model, getattr(exporter, "tool_packages", ()))
         failed = [f for f in files if not f.validation.get("passed")]
         if failed:
             raise ValidationError(
@@ -122,13 +123,15 @@ def _token_text(token) -> str | None:
     return token if isinstance(token, str) else None
 
 
-def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: str | None) -> dict:
+def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: str | None,
+                   tool_packages: tuple[str, ...] = ()) -> dict:
     ckpt, ref = ctx.ckpt, ctx.reference
     tok = ref.tokenizer
     calib = None
     if ctx.calibration is not None:
         calib = {"name": ctx.calibration.name, "sha256": ctx.calibration.sha256,
-                 "documents": len(ctx.calibration.documents), "chat_rendered": ctx.recipe.calib_chat, **ctx.notes.get("imatrix", {})}
+                 "documents": len(ctx.calibration.documents), "chat_rendered": ctx.recipe.calib_chat,
+                 **ctx.notes.get("imatrix", {}), **ctx.notes.get("calibration_use", {})}
     return {
         "schema": MANIFEST_SCHEMA,
         "format": ctx.recipe.fmt,
@@ -148,7 +151,7 @@ def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: st
         "tokenizer": {"bos_token": tok.bos_token, "eos_token": tok.eos_token, "adds_bos": ref.bos_id is not None,
                       "folder": "tokenizer" if (ctx.out / "tokenizer").is_dir() else None},
         "generation_config": ckpt.generation_config,
-        "tools": tool_versions(),
+        "tools": tool_versions(tool_packages),
         "files": [f.to_dict() for f in files],
         "notes": [ckpt.architecture.notes] if ckpt.architecture.notes else [],
     }

@@ -165,6 +165,7 @@ def check_shapes(config: dict, opts: GPTQOptions) -> None:
 @register_format("gptq")
 class GPTQExporter:
     default_quants = ("w4g128",)
+    tool_packages = ("gptqmodel", "optimum")
 
     def check_recipe(self, recipe) -> None:
         GPTQOptions.from_recipe(recipe)
@@ -256,15 +257,6 @@ class GPTQExporter:
         return verdict
 
     def finalize(self, ctx, manifest: dict) -> None:
-        import importlib.metadata as md
-
-        for pkg in ("gptqmodel", "optimum"):
-            try:
-                manifest["tools"][pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                pass
-        if manifest.get("calibration") and "calibration_use" in ctx.notes:
-            manifest["calibration"].update(ctx.notes["calibration_use"])
         manifest["gptq"] = ctx.notes["gptq"]
 
 

@@ -76,6 +76,7 @@ class OnnxOptions:
 @register_format("onnx")
 class ONNXExporter:
     default_quants = ("int4",)
+    tool_packages = ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")
 
     def check_recipe(self, recipe) -> None:
         unknown = [q for q in recipe.quants if q not in QUANTS]
@@ -190,15 +191,6 @@ class ONNXExporter:
     # ------------------------------------------------------------------ per-quant records
     def finalize(self, ctx, manifest: dict) -> None:
         """Add the ONNX record to the manifest and give every quant folder its own manifest and card."""
-        import importlib.metadata as md
-
-        for pkg in ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir"):
-            try:
-                manifest["tools"][pkg] = md.version(pkg)
-            except md.PackageNotFoundError:
-                pass
-        if manifest.get("calibration") and "calibration_use" in ctx.notes:
-            manifest["calibration"].update(ctx.notes["calibration_use"])
         manifest["onnx"] = {
             "runtime": "onnxruntime-genai",
             "execution_provider": "cpu",
