@@ -143,6 +143,44 @@ def test_pareto_front():
     assert pareto_front(pts) == ["d", "c", "b", "a"]  # e is bigger and worse than c
 
 
+
+def test_large_vocabulary_baseline_keeps_top_k_and_bounds_kl(tmp_path, monkeypatch):
+    """Past the size budget the baseline keeps each row's top-k log-probs and the tail's mass (not
+    positions x vocab floats): its KL is a lower bound within a hair of the exact one, top-1 is exact."""
+    from koquant.bench import quality as q
+
+    rng = np.random.default_rng(0)
+    vocab, rows = 50_000, 96
+    base = (rng.standard_normal((rows, vocab)) * 3).astype(np.float32)
+    export = base + (rng.standard_normal((rows, vocab)) * 0.05).astype(np.float32)
+    export[::7] += (rng.standard_normal((len(export[::7]), vocab)) * 2).astype(np.float32)  # some rows far off
+
+    def kl_and_agree(folder):
+        baseline = q.Baseline(folder)
+        lp = q.log_softmax(export)
+        return baseline.kind, *baseline.compare(0, lp, np.argmax(export, axis=-1))
+
+    full = q.BaselineRecorder(tmp_path / "full", rows, vocab)
+    assert full.kind == "full"
+    full.write(0, base)
+    full.close()
+    monkeypatch.setattr(q, "FULL_BASELINE_BYTES", 1 << 20)
+    assert q.baseline_kind(rows, vocab) == "topk" and q.baseline_kind(rows, q.TOPK) == "full"
+    top = q.BaselineRecorder(tmp_path / "top", rows, vocab)
+    top.write(0, base[:50])
+    top.write(50, base[50:])
+    top.close()
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "top").iterdir())
+    assert on_disk < rows * vocab * 4 / 5
+
+    kind_full, kl_full, agree_full = kl_and_agree(tmp_path / "full")
+    kind_top, kl_top, agree_top = kl_and_agree(tmp_path / "top")
+    assert (kind_full, kind_top) == ("full", "topk")
+    assert agree_full == agree_top < rows
+    assert np.all(kl_top <= kl_full + 1e-9)
+    assert np.allclose(kl_top, kl_full, rtol=0.1, atol=1e-6)  # these logits are flatter than a trained LM's
+    assert "lower bound" in q.kl_method("topk") and "whole vocabulary" in q.kl_method("full")
+
 # ---------------------------------------------------------------------------- reproducible, and right
 def test_quality_numbers_are_reproducible(run, default_model, artifacts, mc_file):
     """Same inputs, same quality numbers: bench again (quality only) one export of each runtime."""

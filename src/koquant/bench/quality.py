@@ -101,11 +101,106 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-class ChunkScorer:
-    """Accumulates one runtime's scores over the chunks: NLL of the next token, and against a baseline
-    (its scored logit rows, float32 ``[positions, vocab]``) KL(baseline || this) and top-1 agreement."""
+#: the baseline's scored logits are kept whole up to this many bytes; above it (large vocabularies, many
+#: chunks) only each row's top :data:`TOPK` log-probabilities and the mass of the rest are kept
+FULL_BASELINE_BYTES = 1 << 30
+TOPK = 4096
 
-    def __init__(self, settings: BenchSettings, baseline: np.ndarray | None = None):
+
+def baseline_kind(rows: int, n_vocab: int) -> str:
+    """``"full"`` when the baseline's scored rows fit :data:`FULL_BASELINE_BYTES` as float32, else ``"topk"``."""
+    return "full" if rows * n_vocab * 4 <= FULL_BASELINE_BYTES or n_vocab <= TOPK else "topk"
+
+
+def kl_method(kind: str) -> str:
+    if kind == "full":
+        return "exact, over the whole vocabulary"
+    return (f"over the baseline's top {TOPK} tokens per position plus one bucket for the rest of the vocabulary "
+            "(a lower bound of the exact KL; the baseline's logits were too large to keep whole)")
+
+
+class BaselineRecorder:
+    """Writes the baseline run's scored rows into ``folder``: whole float32 logits, or per row the
+    top-:data:`TOPK` token ids with their log-probabilities, the log of the remaining mass and the argmax."""
+
+    def __init__(self, folder: Path, rows: int, n_vocab: int):
+        self.kind = baseline_kind(rows, n_vocab)
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        open_ = np.lib.format.open_memmap
+        if self.kind == "full":
+            self.logits = open_(self.folder / "logits.npy", mode="w+", dtype=np.float32, shape=(rows, n_vocab))
+        else:
+            self.ids = open_(self.folder / "ids.npy", mode="w+", dtype=np.int32, shape=(rows, TOPK))
+            self.logp = open_(self.folder / "logp.npy", mode="w+", dtype=np.float32, shape=(rows, TOPK))
+            self.rest = open_(self.folder / "rest.npy", mode="w+", dtype=np.float64, shape=(rows,))
+            self.top1 = open_(self.folder / "top1.npy", mode="w+", dtype=np.int64, shape=(rows,))
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        if self.kind == "full":
+            self.logits[start:start + len(rows)] = rows
+            return
+        for s in range(0, len(rows), _ROW_BLOCK):
+            lp = log_softmax(rows[s:s + _ROW_BLOCK])
+            idx = np.argpartition(lp, -TOPK, axis=-1)[:, -TOPK:]
+            top = np.take_along_axis(lp, idx, axis=-1)
+            at = slice(start + s, start + s + len(lp))
+            self.ids[at], self.logp[at] = idx, top
+            self.rest[at] = _log_rest(top)
+            self.top1[at] = np.argmax(rows[s:s + _ROW_BLOCK], axis=-1)
+
+    def close(self) -> None:
+        for name in ("logits", "ids", "logp", "rest", "top1"):
+            arr = getattr(self, name, None)
+            if arr is not None:
+                arr.flush()
+                delattr(self, name)
+
+
+def _log_rest(top_logp: np.ndarray) -> np.ndarray:
+    """log(1 - sum(exp(top_logp))) per row, floored so an empty tail gives a very negative number, not -inf."""
+    covered = np.exp(top_logp.astype(np.float64)).sum(axis=-1)
+    return np.log(np.clip(1.0 - covered, 1e-300, None))
+
+
+class Baseline:
+    """The baseline's scored rows as written by :class:`BaselineRecorder`, memory-mapped."""
+
+    def __init__(self, folder: Path):
+        folder = Path(folder)
+        self.kind = "full" if (folder / "logits.npy").exists() else "topk"
+        load = lambda name: np.load(folder / name, mmap_mode="r")  # noqa: E731
+        if self.kind == "full":
+            self.logits = load("logits.npy")
+            self.rows = len(self.logits)
+        else:
+            self.ids, self.logp, self.rest, self.top1 = (load(n) for n in ("ids.npy", "logp.npy", "rest.npy", "top1.npy"))
+            self.rows = len(self.ids)
+
+    def n_vocab_matches(self, n_vocab: int) -> bool:
+        return self.kind == "topk" or self.logits.shape[1] == n_vocab
+
+    def compare(self, start: int, lp: np.ndarray, export_top1: np.ndarray) -> tuple[np.ndarray, int]:
+        """KL(baseline || export) per row and the number of agreeing argmaxes, for rows ``start...`` whose
+        export log-probabilities are ``lp``."""
+        at = slice(start, start + len(lp))
+        if self.kind == "full":
+            block = self.logits[at]
+            lr = log_softmax(block)
+            return (np.exp(lr) * (lr - lp)).sum(axis=-1), int((np.argmax(block, axis=-1) == export_top1).sum())
+        lr = self.logp[at].astype(np.float64)
+        lq = np.take_along_axis(lp, self.ids[at].astype(np.int64), axis=-1)
+        kl = (np.exp(lr) * (lr - lq)).sum(axis=-1)
+        rest_p, rest_q = self.rest[at], _log_rest(lq)
+        kl += np.exp(rest_p) * (rest_p - rest_q)
+        return kl, int((self.top1[at] == export_top1).sum())
+
+
+class ChunkScorer:
+    """Accumulates one runtime's scores over the chunks: NLL of the next token, and against a
+    :class:`Baseline` KL(baseline || this) and top-1 agreement."""
+
+    def __init__(self, settings: BenchSettings, baseline: Baseline | None = None):
         self.first = settings.first_scored
         self.n = settings.scored_per_chunk
         self.baseline = baseline
@@ -120,22 +215,20 @@ class ChunkScorer:
     def add(self, chunk_index: int, ids: np.ndarray, logits: np.ndarray) -> None:
         rows = self.scored_rows(logits)
         targets = np.asarray(ids[self.first + 1:self.first + 1 + self.n], dtype=np.int64)
-        ref = None
-        if self.baseline is not None:
-            ref = self.baseline[chunk_index * self.n:(chunk_index + 1) * self.n]
-            if ref.shape != rows.shape:
-                raise BenchError(f"logits of shape {rows.shape} cannot be compared with the baseline's {ref.shape}",
-                                 hint="the export's vocabulary differs from the source's; re-export it")
+        base = self.baseline
+        if base is not None:
+            if not base.n_vocab_matches(rows.shape[-1]) or (chunk_index + 1) * self.n > base.rows:
+                raise BenchError(f"logits of {rows.shape[-1]} tokens at chunk {chunk_index} cannot be compared with "
+                                 "the baseline's", hint="the export's vocabulary differs from the source's; re-export it")
         nll, kls = 0.0, []
         for s in range(0, self.n, _ROW_BLOCK):
             lp = log_softmax(rows[s:s + _ROW_BLOCK])
             t = targets[s:s + _ROW_BLOCK]
             nll -= float(lp[np.arange(len(t)), t].sum())
-            if ref is not None:
-                block = ref[s:s + _ROW_BLOCK]
-                lr = log_softmax(block)
-                kls.append((np.exp(lr) * (lr - lp)).sum(axis=-1))
-                self.agree += int((np.argmax(block, axis=-1) == np.argmax(rows[s:s + _ROW_BLOCK], axis=-1)).sum())
+            if base is not None:
+                kl, agree = base.compare(chunk_index * self.n + s, lp, np.argmax(rows[s:s + _ROW_BLOCK], axis=-1))
+                kls.append(kl)
+                self.agree += agree
         self.nll.append(nll)
         if kls:
             self.kl.append(np.concatenate(kls))

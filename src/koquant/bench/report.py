@@ -68,6 +68,11 @@ class Report:
                                        f"to BOS; positions {settings.first_scored}..{ctx - 2} of each chunk are "
                                        f"scored ({settings.scored_per_chunk} next tokens per chunk), as "
                                        "llama.cpp's llama-perplexity does"))
+            kind = results[source.name].get("kl_method")
+            if kind:
+                from .quality import kl_method
+
+                text_info["kl_method"] = kl_method(kind)
         return cls(
             source={"path": str(source.path), "name": Path(source.path).resolve().name, "stored_dtype": stored_dtype,
                     "baseline_dtype": baseline_dtype, "baseline_runtime": "transformers",
@@ -117,7 +122,7 @@ class Report:
         if quality:
             lines += ["## Quality", "", f"Chunking: {t['chunking']}. KL divergence is KL(baseline ‖ export) in nats "
                       "and top-1 is the agreement of the most likely next token, at the same scored positions "
-                      f"({self.baseline['positions']} in all).", ""]
+                      f"({self.baseline['positions']} in all); KL is computed {t.get('kl_method', 'over the whole vocabulary')}.", ""]
             head = ["export", "runtime", "size MiB", "size ×", "PPL", "PPL ×", "KL mean", "KL p99", "KL max", "top-1"]
             if self.mc:
                 head += ["MC acc", "MC agree"]

@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
             np.save(chunks_path, tokens.ids)
         prompts = {str(n): list(tokens.head[:n]) for n in cfg.prefill}
         results = {}
-        baseline_logits = work / "baseline-logits.npy"
+        baseline_logits = work / "baseline"  # the source's scored rows (bench.quality.BaselineRecorder)
         runs = [(source, {"dtype": baseline_dtype}), *[(t, {}) for t in targets]]
         for i, (target, extra) in enumerate(runs):
             job = {
@@ -91,7 +92,7 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
             for k in ("first_scored", "scored_per_chunk", "n_ctx"):
                 job["settings"].pop(k)
             results[target.name] = _run_worker(job, work / f"job-{i}.json", progress, i, len(runs))
-        baseline_logits.unlink(missing_ok=True)
+        shutil.rmtree(baseline_logits, ignore_errors=True)
 
         report = Report.build(
             source=source, baseline_dtype=baseline_dtype, stored_dtype=ckpt.source_dtype, targets=targets,
@@ -110,7 +111,6 @@ def _workdir(out: Path | None, force: bool):
         with tempfile.TemporaryDirectory(prefix="koquant-bench-") as tmp:
             yield None, Path(tmp)
         return
-    import shutil
 
     from ..artifact import staged_output
 

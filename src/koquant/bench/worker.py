@@ -56,7 +56,7 @@ def run(job: dict) -> dict:
     from ..runtime.loader import backend_class, load, resolve
     from ..runtime.tokenizer import HFTokenizer
     from . import latency as lat
-    from .quality import ChunkScorer, choice_logliks
+    from .quality import Baseline, BaselineRecorder, ChunkScorer, choice_logliks
     from .settings import BenchSettings
 
     settings = BenchSettings(**{**job["settings"], "prefill": tuple(job["settings"]["prefill"])})
@@ -101,25 +101,22 @@ def run(job: dict) -> dict:
         q = job.get("quality")
         if q:
             chunks = np.load(q["chunks"])
-            baseline = np.load(q["baseline"], mmap_mode="r") if q.get("baseline") else None
+            baseline = Baseline(q["baseline"]) if q.get("baseline") else None
             record = None
-            if q.get("record"):  # the baseline run keeps its scored logits for the exports
-                rows = len(chunks) * settings.scored_per_chunk
-                record = np.lib.format.open_memmap(q["record"], mode="w+", dtype=np.float32,
-                                                   shape=(rows, session.n_vocab))
+            if q.get("record"):  # the baseline run keeps its scored rows for the exports
+                record = BaselineRecorder(q["record"], len(chunks) * settings.scored_per_chunk, session.n_vocab)
+                out["kl_method"] = record.kind
             scorer = ChunkScorer(settings, baseline)
             _event(phase="quality", done=0, total=len(chunks))
             t0 = time.perf_counter()
             for i, ids in enumerate(chunks):
                 logits = session.logits(ids.tolist())
                 if record is not None:
-                    n = settings.scored_per_chunk
-                    record[i * n:(i + 1) * n] = scorer.scored_rows(logits)
+                    record.write(i * settings.scored_per_chunk, scorer.scored_rows(logits))
                 scorer.add(i, ids, logits)
                 _event(phase="quality", done=i + 1, total=len(chunks))
             if record is not None:
-                record.flush()
-                del record
+                record.close()
             out["quality"] = scorer.result()
             out["quality_s"] = time.perf_counter() - t0
         mc = job.get("mc")
