@@ -1,9 +1,9 @@
-"""Peak memory of `koquant export` (GGUF and GPTQ) on a synthetic random Llama of 1.1 B parameters.
+"""Peak memory of `koquant export` (GGUF, GPTQ and ONNX) on a synthetic random Llama of 1.1 B parameters.
 
 Writes a TinyLlama-shaped checkpoint (22 layers, hidden 2048, MLP 5632, 32 heads / 4 KV heads, the
 32000-token Mistral SentencePiece vocabulary of synatra-mini) as bf16 safetensors, one shard per
 layer so that building it never holds more than one layer, then runs the real command line,
-``koquant export MODEL --fmt gguf|gptq``, in a wrapper process that reports:
+``koquant export MODEL --fmt gguf|gptq|onnx``, in a wrapper process that reports:
 
 - ``max RSS``: the largest peak RSS of any process of the export (``getrusage(RUSAGE_CHILDREN)``
   in a small wrapper process: koquant itself, llama.cpp's converter, the GPTQModel workers; a
@@ -16,7 +16,7 @@ layer so that building it never holds more than one layer, then runs the real co
 For scale it also loads the checkpoint the way the reference used to be computed
 (``AutoModelForCausalLM.from_pretrained(..., dtype=float32)``) and reports that peak.
 
-    nice .venv/bin/python benchmarks/export_memory_1b.py [--formats gguf,gptq] [--keep DIR] [--json]
+    nice .venv/bin/python benchmarks/export_memory_1b.py [--formats gguf,gptq,onnx] [--keep DIR] [--json]
 
 Disk: ~2.2 GB for the checkpoint plus what the exports write (a bf16 base GGUF of ~2.2 GB, GPTQModel's
 offload folder); ``--tmp`` chooses where (default: the system temp folder).
@@ -65,7 +65,8 @@ def status(pid):
 
 def role(cmd):
     for key, name in (("convert_hf_to_gguf", "llama.cpp converter"), ("gptq_worker quantize", "GPTQModel quantize"),
-                      ("gptq_worker logits", "GPTQ gate (transformers load)"), ("koquant", "koquant export")):
+                      ("gptq_worker logits", "GPTQ gate (transformers load)"),
+                      ("onnxruntime_genai.models.builder", "onnxruntime-genai builder"), ("koquant", "koquant export")):
         if key in cmd:
             return name
     return cmd.split(" ")[0].rsplit("/", 1)[-1] or "?"
@@ -216,7 +217,7 @@ def main() -> None:
     ap.add_argument("--intermediate", type=int, default=5632)
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=4)
-    ap.add_argument("--formats", default="gguf,gptq")
+    ap.add_argument("--formats", default="gguf,gptq,onnx")
     ap.add_argument("--gguf-quant", default="Q8_0")
     ap.add_argument("--calib-chunks", type=int, default=8)
     ap.add_argument("--calib-ctx", type=int, default=256)
@@ -244,7 +245,7 @@ def main() -> None:
         common = ["--calib-chunks", str(args.calib_chunks), "--calib-ctx", str(args.calib_ctx),
                   "--eval-chunks", str(args.eval_chunks), "--name", "synthetic-1b"]
         for fmt in args.formats.split(","):
-            quant = args.gguf_quant if fmt == "gguf" else "w4g128"
+            quant = {"gguf": args.gguf_quant, "gptq": "w4g128", "onnx": "int4"}[fmt]
             out = root / f"out-{fmt}"
             cmd = [sys.executable, "-m", "koquant", "export", str(model), "--fmt", fmt, "--quant", quant, *common,
                    "-o", str(out), "--force"]
