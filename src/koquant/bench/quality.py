@@ -114,7 +114,7 @@ def baseline_kind(rows: int, n_vocab: int) -> str:
 
 def kl_method(kind: str) -> str:
     if kind == "full":
-        return "exact, over the whole vocabulary"
+        return "exactly, over the whole vocabulary"
     return (f"over the baseline's top {TOPK} tokens per position plus one bucket for the rest of the vocabulary "
             "(a lower bound of the exact KL; the baseline's logits were too large to keep whole)")
 

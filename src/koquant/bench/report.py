@@ -150,7 +150,8 @@ class Report:
                       "and latency. Bound: memory bandwidth "
                       f"({bw.get('bytes_per_s', 0) / 1e9:.1f} GB/s, {bw.get('method', '')}) divided by the weight "
                       "bytes one decode step reads (every weight once; the input embedding table only where it is "
-                      "also the output head).", ""]
+                      "also the output head). Above 100 %, the weights stayed in the CPU caches between steps "
+                      "(small models), so the bound does not apply.", ""]
             head = ["export", "load s", "TTFT ms", *[f"prefill {n} tok/s" for n in n_pre], "decode tok/s", "decode ×",
                     "peak RSS MiB", "bound tok/s", "of bound"]
             lines += [_row(head), _row(["---"] * len(head))]
