@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +72,30 @@ class OnnxOptions:
             raise RecipeError(f"accuracy level {level} is not available on the CPU execution provider",
                               hint="; ".join(f"{k}: {v}" for k, v in ortbuilder.ACCURACY_LEVELS.items()))
         return cls(algo, block, level)
+
+
+class _SourceWeights(Mapping):
+    """``model.layers.N.<stem>`` -> the source's float weight of that fused stem, concatenated only when
+    asked for (one layer's copy at a time, not a second copy of every linear weight of the model)."""
+
+    def __init__(self, model, linears: dict):
+        self.mods = dict(model.named_modules())
+        self.linears = linears
+        self.keys_ = [f"model.layers.{i}.{stem}" for i in range(len(model.model.layers)) for stem in linears]
+
+    def __getitem__(self, key: str):
+        import torch
+
+        prefix, stem = key.rsplit(".", 1)
+        if key not in self.keys_:
+            raise KeyError(key)
+        return torch.cat([self.mods[f"{prefix}.{n}"].weight.detach() for n in self.linears[stem]])
+
+    def __iter__(self):
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
 
 
 @register_format("onnx")
@@ -135,12 +160,7 @@ class ONNXExporter:
         layers = ctx.ckpt.config["num_hidden_layers"]
         with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
             weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance)
-        import torch
-
-        mods = dict(ref.model.named_modules())
-        source = {f"model.layers.{i}.{stem}": torch.cat([mods[f"model.layers.{i}.{n}"].weight.detach() for n in names])
-                  for i in range(layers) for stem, names in LAYER_LINEARS.items()}
-        rewrite_int4(ctx.out / "int4", weights, source)
+        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, LAYER_LINEARS))
         ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                         "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
 
