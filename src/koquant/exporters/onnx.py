@@ -81,21 +81,20 @@ class _SourceWeights(Mapping):
     def __init__(self, model, linears: dict):
         self.mods = dict(model.named_modules())
         self.linears = linears
-        self.keys_ = [f"model.layers.{i}.{stem}" for i in range(len(model.model.layers)) for stem in linears]
+        self.where = {f"model.layers.{i}.{stem}": (f"model.layers.{i}", stem)
+                      for i in range(len(model.model.layers)) for stem in linears}
 
     def __getitem__(self, key: str):
         import torch
 
-        prefix, stem = key.rsplit(".", 1)
-        if key not in self.keys_:
-            raise KeyError(key)
+        prefix, stem = self.where[key]
         return torch.cat([self.mods[f"{prefix}.{n}"].weight.detach() for n in self.linears[stem]])
 
     def __iter__(self):
-        return iter(self.keys_)
+        return iter(self.where)
 
     def __len__(self) -> int:
-        return len(self.keys_)
+        return len(self.where)
 
 
 @register_format("onnx")
