@@ -13,13 +13,12 @@ import time
 
 import pytest
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from koquant.errors import KoquantError  # noqa: E402
+from koquant.errors import KoquantError
 
-from . import hostile  # noqa: E402
+from . import hostile
 
 pytestmark = pytest.mark.slow
 BUDGET_S = 4.0
