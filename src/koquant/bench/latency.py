@@ -15,11 +15,9 @@ bandwidth divided by the weight bytes one decode step reads.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -81,33 +79,6 @@ def measure(session, prompts: dict[int, list[int]], decode_tokens: int, warmup: 
 
 
 # ---------------------------------------------------------------------------- memory
-def rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far.
-
-    Linux's ``VmHWM`` belongs to the process's own address space; ``ru_maxrss`` would not do, as
-    it carries the parent's peak across ``exec`` (and so would report the bench's own footprint).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
 def memory_bandwidth(size_bytes: int = 256 << 20, repeats: int = 7) -> dict:
     """Bytes/s of a large numpy copy (one thread; read + write counted), best of ``repeats``."""
     src = np.ones(size_bytes // 8, dtype=np.float64)

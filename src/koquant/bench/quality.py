@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validate import _log_softmax as log_softmax
 from .settings import BenchError, BenchSettings
 
 #: rows of logits turned into float64 log-probabilities at a time (bounds memory on 256k vocabularies)
@@ -94,13 +95,6 @@ def prepare_text(tokenizer, text: BenchText, settings: BenchSettings) -> Tokeniz
 
 
 # ---------------------------------------------------------------------------- scoring
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    z = x - m
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
 #: the baseline's scored logits are kept whole up to this many bytes; above it (large vocabularies, many
 #: chunks) only each row's top :data:`TOPK` log-probabilities and the mass of the rest are kept
 FULL_BASELINE_BYTES = 1 << 30

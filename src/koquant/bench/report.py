@@ -9,14 +9,11 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputError
 from .settings import BenchSettings
 
 REPORT_SCHEMA = 1
-FILES = ("report.md", "report.json", "report.png")
 #: the numbers each entry carries at its top level (report.json's columns)
 QUALITY_KEYS = ("ppl", "ppl_ratio", "nll_mean", "kl_mean", "kl_p99", "kl_max", "top1", "positions")
-LATENCY_KEYS = ("load_s", "ttft_s", "decode_tok_s", "decode_ratio", "peak_rss_bytes", "bound_tok_s", "bound_fraction")
 _VERSIONED = ("koquant", "numpy", "torch", "transformers", "tokenizers", "llama_cpp_python", "onnxruntime",
               "onnxruntime-genai", "gptqmodel", "optimum", "matplotlib")
 
@@ -261,16 +258,8 @@ def environment() -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------------- writing
-def check_report_location(out: Path, force: bool) -> None:
-    """Refuse to replace a file, or a non-empty folder that is not an earlier bench report (unless ``force``)."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is a file", hint="choose a folder path with -o")
-    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").is_file() and not force:
-        raise OutputError(f"output folder {out} is not empty and is not a koquant bench report; refusing to replace it",
-                          hint="choose a new folder with -o, or pass --force to replace it")
-    from ..artifact import check_output_location
-
-    check_output_location(out, force=True)
+#: what marks a folder as an earlier bench report (replaced without --force)
+REPORT_LOCATION = {"marker": "report.json", "what": "koquant bench report"}
 
 
 def write_report(report: Report, folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import BackendMissingError
-from .settings import BenchError, BenchSettings
+from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 from .targets import expand, source_target
 from .worker import MARK
 
@@ -35,7 +36,8 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     from ..runtime.tokenizer import HFTokenizer
     from . import latency as lat
     from .quality import choice_requests, load_choices, prepare_text, read_text
-    from .report import Report, check_report_location, environment, write_report
+    from ..artifact import check_output_location
+    from .report import REPORT_LOCATION, Report, environment, write_report
 
     t_start = time.perf_counter()
     cfg = BenchSettings(**settings).check()
@@ -45,18 +47,18 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     source_dir = Path(source_dir).expanduser()
     ckpt = Checkpoint.open(source_dir)
     baseline_dtype = cfg.baseline_dtype or ckpt.source_dtype
-    if baseline_dtype not in ("float32", "bfloat16", "float16"):
+    if baseline_dtype not in BASELINE_DTYPES:
         raise BenchError(f"the source is stored as {baseline_dtype}, which transformers cannot run as a baseline here",
                          hint="pass --baseline-dtype float32 or bfloat16")
     targets = expand(list(artifacts))
-    source = source_target(source_dir, baseline_dtype)
+    source = source_target(ckpt, source_dir, baseline_dtype)
     bench_text = read_text(text)
     items = None
     if mc is not None:
         mc_name, items = load_choices(mc)
     if out is not None:
         out = Path(out).expanduser()
-        check_report_location(out, force)
+        check_output_location(out, force, **REPORT_LOCATION)
 
     tokenizer = HFTokenizer(source_dir)
     tokens = prepare_text(tokenizer, bench_text, cfg)
@@ -80,17 +82,14 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
             job = {
                 "name": target.name, "format": target.format, "path": target.path, "quant": target.quant,
                 "options": {"threads": threads, "n_ctx": cfg.n_ctx, **extra},
-                "settings": cfg.to_dict() | {"threads": threads},
-                "latency": {"prompts": prompts, "decode_tokens": cfg.decode_tokens, "warmup": cfg.warmup,
-                            "repeats": cfg.repeats} if cfg.latency else None,
+                "settings": dataclasses.asdict(cfg) | {"threads": threads},
+                "latency": {"prompts": prompts} if cfg.latency else None,
                 "quality": {"chunks": str(chunks_path),
                             "record": str(baseline_logits) if i == 0 else None,
                             "baseline": None if i == 0 else str(baseline_logits)} if cfg.quality else None,
                 "mc": {"requests": requests} if requests else None,
                 "result": str(work / f"result-{i}.json"),
             }
-            for k in ("first_scored", "scored_per_chunk", "n_ctx"):
-                job["settings"].pop(k)
             results[target.name] = _run_worker(job, work / f"job-{i}.json", progress, i, len(runs))
         shutil.rmtree(baseline_logits, ignore_errors=True)
 
@@ -113,8 +112,9 @@ def _workdir(out: Path | None, force: bool):
         return
 
     from ..artifact import staged_output
+    from .report import REPORT_LOCATION
 
-    with staged_output(out, force=True) as tmp:  # check_report_location has already refused what must not be replaced
+    with staged_output(out, force, **REPORT_LOCATION) as tmp:
         work = tmp / ".work"
         work.mkdir()
         yield tmp, work

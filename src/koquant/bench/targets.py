@@ -33,15 +33,9 @@ class BenchTarget:
     bytes_per_token: int = 0
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "format": self.format, "path": self.path, "quant": self.quant, "model": self.model,
-                "file_bytes": self.file_bytes, "bytes_per_token": self.bytes_per_token, "notes": list(self.notes)}
 
-
-def source_target(source_dir: Path, dtype: str) -> BenchTarget:
-    from ..checkpoint import Checkpoint
-
-    ckpt = Checkpoint.open(source_dir)
+def source_target(ckpt, source_dir: Path, dtype: str) -> BenchTarget:
+    """The source checkpoint (an opened :class:`~koquant.checkpoint.Checkpoint` of ``source_dir``) as a target."""
     t = BenchTarget("source", "hf", str(source_dir), None, str(source_dir))
     t.file_bytes = sum(p.stat().st_size for p in ckpt.weight_files)
     t.bytes_per_token = _hf_bytes_per_token(ckpt, dtype)

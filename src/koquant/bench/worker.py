@@ -1,6 +1,6 @@
 """One runtime, measured in a process of its own: ``python -m koquant.bench.worker JOB.json``.
 
-A fresh process per export makes peak memory (ru_maxrss) that export's own, and keeps one
+A fresh process per export makes peak memory (VmHWM) that export's own, and keeps one
 runtime's threads, arenas and caches away from the next. The job says what to load and measure;
 the worker writes ``result`` (JSON) and reports progress as marked lines on stdout. Order:
 imports (timed apart), load, latency, peak memory, then quality (whose logit arrays would
@@ -54,6 +54,7 @@ def run(job: dict) -> dict:
     import numpy as np
 
     from ..runtime.loader import backend_class, load, resolve
+    from ..runtime.session import peak_rss_bytes, rss_bytes
     from ..runtime.tokenizer import HFTokenizer
     from . import latency as lat
     from .quality import Baseline, BaselineRecorder, ChunkScorer, choice_logliks
@@ -72,7 +73,7 @@ def run(job: dict) -> dict:
     if target.tokenizer_dir is not None:
         HFTokenizer(target.tokenizer_dir)
     out["import_s"] = time.perf_counter() - t0
-    out["rss_before_load_bytes"] = lat.rss_bytes()
+    out["rss_before_load_bytes"] = rss_bytes()
     _event(phase="load")
     t0 = time.perf_counter()
     session = load(job["path"], quant=job["quant"], **job["options"])
@@ -80,12 +81,11 @@ def run(job: dict) -> dict:
     try:
         out["backend"] = session.backend
         out["threads"] = session.threads
-        out["model_bytes"] = session.memory()["model_bytes"]
-        out["rss_after_load_bytes"] = lat.rss_bytes()
+        mem = session.memory()
+        out["model_bytes"], out["rss_after_load_bytes"] = mem["model_bytes"], mem["rss_bytes"]
         if job.get("latency"):
-            spec = job["latency"]
-            prompts = {int(n): ids for n, ids in spec["prompts"].items()}
-            runs = spec["warmup"] + spec["repeats"]
+            prompts = {int(n): ids for n, ids in job["latency"]["prompts"].items()}
+            runs = settings.warmup + settings.repeats
             done = [0]
 
             def tick():
@@ -94,9 +94,9 @@ def run(job: dict) -> dict:
 
             _event(phase="latency", done=0, total=runs)
             t0 = time.perf_counter()
-            out["latency"] = lat.measure(session, prompts, spec["decode_tokens"], spec["warmup"], spec["repeats"], tick)
+            out["latency"] = lat.measure(session, prompts, settings.decode_tokens, settings.warmup, settings.repeats, tick)
             out["latency_s"] = time.perf_counter() - t0
-        out["peak_rss_bytes"] = lat.peak_rss_bytes()  # load + latency, before quality allocates logits
+        out["peak_rss_bytes"] = peak_rss_bytes()  # load + latency, before quality allocates logits
 
         q = job.get("quality")
         if q:

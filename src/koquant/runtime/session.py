@@ -176,7 +176,7 @@ class Session:
 
     def memory(self) -> dict:
         """Bytes: the model's weights as the backend holds them, and this process's resident memory."""
-        return {"model_bytes": self._backend.model_bytes(), "rss_bytes": _rss_bytes(), "peak_rss_bytes": _peak_rss_bytes()}
+        return {"model_bytes": self._backend.model_bytes(), "rss_bytes": rss_bytes(), "peak_rss_bytes": peak_rss_bytes()}
 
     def info(self) -> dict:
         return {
@@ -410,15 +410,28 @@ class Session:
         return f"<koquant.Session {self.path.name}{q} on {self.backend}, {self.threads} threads>"
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
+    """This process's resident memory now."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return _peak_rss_bytes()
+        return peak_rss_bytes()
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far.
+
+    Linux's ``VmHWM`` belongs to the process's own address space; ``ru_maxrss`` would not do there,
+    as it carries the parent's peak across ``exec`` (a worker would report its parent's footprint).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import resource
         import sys
