@@ -158,8 +158,11 @@ def check_manifest(manifest, where) -> None:
         raise ArtifactError(f"{bad}: 'notes' is not a list", hint="re-run the export")
 
 
-def inventory(folder: Path) -> dict[str, dict]:
-    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` except its own manifest."""
+def inventory(folder: Path, known: dict[str, str] | None = None) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` except its own manifest.
+
+    ``known``: sha256 already computed for some relative paths (the exported files), not read again."""
+    known = known or {}
     from .checkpoint import sha256_file
 
     folder = Path(folder)
@@ -171,7 +174,7 @@ def inventory(folder: Path) -> dict[str, dict]:
             rel = p.relative_to(folder).as_posix()
             if rel == MANIFEST:
                 continue
-            out[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            out[rel] = {"size": p.stat().st_size, "sha256": known.get(rel) or sha256_file(p)}
     return dict(sorted(out.items()))
 
 
@@ -181,14 +184,15 @@ def write_manifest(folder: Path, manifest: dict) -> Path:
     return p
 
 
-def check_output_location(out: Path, force: bool = False) -> None:
-    """Fail early, before minutes of work, if ``out`` cannot be written."""
+def check_output_location(out: Path, force: bool = False, marker: str = MANIFEST, what: str = "koquant artifact") -> None:
+    """Fail early, before minutes of work, if ``out`` cannot be written. A non-empty folder is only
+    replaced without ``force`` when it holds ``marker`` (it is an earlier ``what``)."""
     parent = out.parent if str(out.parent) else Path(".")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is a file", hint="choose a folder path with -o")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not force:
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file() and not force:
         raise OutputError(
-            f"output folder {out} is not empty and is not a koquant artifact; refusing to overwrite it",
+            f"output folder {out} is not empty and is not a {what}; refusing to overwrite it",
             hint="choose a new folder with -o, or pass --force to replace it",
         )
     try:
@@ -245,10 +249,11 @@ def output_lock(out: Path):
         os.close(fd)
 
 
-def recover(out: Path) -> None:
+def recover(out: Path, marker: str = MANIFEST) -> None:
     """Undo what killed exports into ``out`` left behind. Call with :func:`output_lock` held.
 
-    A previous artifact renamed aside by an interrupted non-atomic swap goes back to ``out``;
+    A previous artifact (a folder holding ``marker``) renamed aside by an interrupted non-atomic swap
+    goes back to ``out``;
     every other temporary folder of ``out`` is removed.
     """
     out = Path(out)
@@ -257,7 +262,7 @@ def recover(out: Path) -> None:
     prefix = f".{out.name}."
     leftovers = [p for p in out.parent.iterdir()
                  if p.name.startswith(prefix) and (TMP_TAG in p.name or OLD_TAG in p.name) and not p.is_symlink()]
-    olds = sorted((p for p in leftovers if OLD_TAG in p.name and (p / MANIFEST).is_file()),
+    olds = sorted((p for p in leftovers if OLD_TAG in p.name and (p / marker).is_file()),
                   key=lambda p: p.stat().st_mtime)
     if not os.path.lexists(out) and olds:
         os.rename(olds[-1], out)
@@ -332,12 +337,12 @@ def _nearly_full(folder: Path) -> bool:
 
 
 @contextmanager
-def staged_output(out: Path, force: bool = False):
+def staged_output(out: Path, force: bool = False, marker: str = MANIFEST, what: str = "koquant artifact"):
     """Yield a temporary folder beside ``out``; on success swap it into place, on failure remove it."""
     out = Path(out)
-    check_output_location(out, force)
+    check_output_location(out, force, marker, what)
     with output_lock(out):
-        recover(out)
+        recover(out, marker)
         tmp = _sibling(out, TMP_TAG)
         try:
             tmp.mkdir()

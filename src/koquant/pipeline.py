@@ -99,7 +99,7 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
         if finalize is not None:
             finalize(ctx, manifest)
         write_model_card(tmp, manifest)
-        manifest["inventory"] = inventory(tmp)  # every other file's size and sha256, for `koquant verify`
+        manifest["inventory"] = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
         write_manifest(tmp, manifest)
     return Artifact(out, manifest)
 
