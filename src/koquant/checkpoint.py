@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .architectures import Architecture, resolve_architecture
 from .errors import CheckpointError, UnsafeInputError
-from .safetensors_check import TensorInfo, read_safetensors_header
+from .safetensors_check import TensorInfo, _is_int, read_safetensors_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (
@@ -85,10 +85,6 @@ def _inside(folder: Path, name: str) -> Path:
             hint="model files must reference files inside their own folder; remove the path from the config",
         )
     return p
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_config(config: dict) -> None:

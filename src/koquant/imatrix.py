@@ -41,10 +41,10 @@ def gguf_name(hf_module: str, arch: Architecture) -> str | None:
     return f"blk.{m.group(1)}.{arch.linear_names[m.group(2)]}.weight"
 
 
-def compute_imatrix(model, arch: Architecture, chunks, on_chunk=None, on_layer=None) -> Imatrix:
+def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix:
     """Run ``model`` over token chunks and collect the importance matrix.
 
-    ``model``: an HF causal LM (``on_chunk`` after each chunk) or a
+    ``model``: an HF causal LM or a
     :class:`~koquant.layerwise.LayerwiseModel` (one decoder layer in memory at a time; ``on_layer``
     after each layer). Both accumulate every tensor's chunks in the same order, so they give the
     same sums.
@@ -90,8 +90,6 @@ def compute_imatrix(model, arch: Architecture, chunks, on_chunk=None, on_layer=N
             for chunk in chunks.ids:
                 base(input_ids=torch.tensor([chunk]), use_cache=False)
                 result.n_chunks += 1
-                if on_chunk:
-                    on_chunk()
     finally:
         for h in hooks:
             h.remove()

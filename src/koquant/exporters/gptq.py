@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..artifact import ArtifactFile
-from ..checkpoint import TOKENIZER_FILES, sha256_file
+from ..checkpoint import sha256_file
 from ..errors import BackendMissingError, ExportError, RecipeError
 from ..formats import register_format
 from ..validate import compare_logits, judge

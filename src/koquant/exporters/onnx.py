@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,9 +194,9 @@ class ONNXExporter:
         except RuntimeError as e:  # onnxruntime's kernel failures
             raise ExportError(f"onnxruntime-genai cannot run the {quant} export: {str(e)[:400]}",
                               hint="report this with the command line; try another --quant") from None
+        # the greedy check needs the whole source model; loaded first, it also gives ref.logits (no layerwise pass)
+        source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, _eos_ids(folder))
         metrics = compare_logits(ref.logits, got)
-        eos = _eos_ids(folder)
-        source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, eos)
         greedy = {"prompt_tokens": len(prompt), "new_tokens": len(source), "identical": runtime == source,
                   "identical_prefix": common_prefix(runtime, source)}
         if quant == "fp32" and runtime != source:
