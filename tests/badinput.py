@@ -23,5 +23,5 @@ def assert_clean(out: Path):
 def run_cli(argv, capsys):
     rc = main(argv)
     err = capsys.readouterr().err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     return rc, err

@@ -21,6 +21,7 @@ from koquant.bench import BenchError, bench
 from koquant.cli import main as cli_main
 from koquant.testing.miniatures import DEFAULT_MODEL
 
+from .badinput import run_cli
 from .runtime_backends import gptq_available, onnx_available
 
 # one thread: on a 2-core machine shared with other work, two threads per runtime spend more time
@@ -269,8 +270,7 @@ def test_baseline_dtype_override_is_used_and_stated(run, default_model, gguf_exp
 
 # ---------------------------------------------------------------------------- bad input
 def _cli(args, capsys) -> tuple[int, str]:
-    rc = cli_main(["bench", *map(str, args)])
-    return rc, capsys.readouterr().err
+    return run_cli(["bench", *map(str, args)], capsys)
 
 
 def _nothing_written(out) -> None:

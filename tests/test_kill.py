@@ -13,7 +13,7 @@ carries custom code (``auto_map``, ``modeling_*.py``) that would leave a canary 
 from __future__ import annotations
 
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -99,6 +99,8 @@ def test_onnx_export_killed_anywhere(tmp_path, capsys):
     assert killing.leftovers(out) == [] and _verify(out, capsys) == 0
     first = killing.snapshot(out)
     assert {"fp32/model.onnx", "fp32/model.onnx.data", "fp32/koquant.json"} <= set(first)
+    killing.kill_at(spec, log, "onnx-validate", tmp_path)
+    assert killing.snapshot(out) == first and _verify(out, capsys) == 0
     killing.kill_at(spec, log, "publish", tmp_path)
     assert killing.snapshot(out) == first and _verify(out, capsys) == 0
     (stale,) = killing.temp_folders(out)
@@ -147,7 +149,7 @@ def test_a_live_export_is_never_disturbed(tmp_path):
     assert (out / "data.bin").read_text() == "v3" and killing.leftovers(out) == []
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self"), reason="renameat2 is Linux-only")
+@pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux-only")
 def test_publish_swaps_atomically(tmp_path):
     """On Linux the swap is one renameat2(RENAME_EXCHANGE): OUT never disappears, not even briefly."""
     from koquant.artifact import _exchange

@@ -14,16 +14,16 @@ import importlib.util
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
 from koquant.formats import available_formats
 from koquant.testing.miniatures import build_miniature
 
+from .badinput import run_cli
 from .killing import leftovers, snapshot
 
 
@@ -58,13 +58,6 @@ def _argv(out: Path) -> list[str]:
             "--eval-chunks", "1", "--eval-ctx", "64", "--name", "s", "-o", str(out)]
 
 
-def _run(argv, capsys) -> tuple[int, str]:
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    return rc, err
-
-
 DISK_FULL = "no space left on the disk while exporting"
 
 
@@ -88,9 +81,9 @@ def test_disk_full_on_a_real_small_file_system(size, stage, tmp_path, capsys):
     with small_disk(tmp_path / "disk", size) as disk:
         out = disk / "out"
         before = _previous_artifact(out)
-        rc, err = _run(_argv(out), capsys)
+        rc, err = run_cli(_argv(out), capsys)
         assert rc == 2 and DISK_FULL in err and "hint:" in err, err
-        assert snapshot(out) == before and _run(["verify", str(out)], capsys)[0] == 0
+        assert snapshot(out) == before and run_cli(["verify", str(out)], capsys)[0] == 0
         assert sorted(p.name for p in disk.iterdir()) == ["out"]  # no partial file, temporary folder or lock
 
 
@@ -104,7 +97,7 @@ def test_disk_full_simulated(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(llamacpp, "convert_hf_to_gguf", fill_and_fail)
     out = tmp_path / "out"
-    rc, err = _run(_argv(out), capsys)
+    rc, err = run_cli(_argv(out), capsys)
     assert rc == 2 and DISK_FULL in err and "hint:" in err, err
     assert not out.exists() and leftovers(out) == []
 
@@ -114,18 +107,13 @@ def test_unwritable_output_folder(tmp_path, capsys):
         cm = small_disk(tmp_path / "ro", "1m", read_only=True)
     elif os.geteuid() != 0:
         (tmp_path / "ro").mkdir(mode=0o555)
-        cm = _nullcontext(tmp_path / "ro")
+        cm = nullcontext(tmp_path / "ro")
     else:
         pytest.skip("root without mount: nothing is unwritable")
     with cm as parent:
-        rc, err = _run(_argv(parent / "out"), capsys)
+        rc, err = run_cli(_argv(parent / "out"), capsys)
         assert rc == 2 and f"output location {parent} is not writable" in err and "hint:" in err, err
         assert list(parent.iterdir()) == []
-
-
-@contextmanager
-def _nullcontext(value):
-    yield value
 
 
 # ---------------------------------------------------------------------------- missing backends
@@ -157,7 +145,7 @@ def test_missing_backend_names_the_extra(fmt, tmp_path, capsys, monkeypatch):
     for m in modules:
         monkeypatch.setitem(sys.modules, m, None)  # `import m` now raises ImportError
     out = tmp_path / "out"
-    rc, err = _run(["export", str(build_miniature("synatra-mini", trained=False)), "--fmt", fmt, "-o", str(out)], capsys)
+    rc, err = run_cli(["export", str(build_miniature("synatra-mini", trained=False)), "--fmt", fmt, "-o", str(out)], capsys)
     assert rc == 2 and "not installed" in err, err
     assert f"-e '.[{fmt}]'" in err, err
     assert not out.exists() and leftovers(out) == []
