@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install koquant and everything it needs into ./.venv (Python 3.11, CPU-only torch 2.13.0).
-# llama-cpp-python builds from source the first time (~12 CPU-minutes); pip caches the wheel.
+# llama-cpp-python is built once from source for every x86-64 CPU (llama.cpp's CPU variants, one
+# picked at load time; never -march=native) and cached in ~/.cache/koquant/wheels.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3.11}"
@@ -9,6 +10,9 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -c constraints.
 "${PIP[@]}" -q pip==25.3
 # torch first and alone, so the CPU wheel is what every later step sees as installed
 "${PIP[@]}" torch==2.13.0
+# the portable llama.cpp build (koquant.llamacpp.PORTABLE_CMAKE_ARGS), cached by version and flags
+WHEEL=$(PYTHONPATH=src .venv/bin/python -m koquant.llamacpp wheel)
+"${PIP[@]}" --force-reinstall --no-deps "$WHEEL"
 "${PIP[@]}" -e ".[gguf,onnx,gptq,bench,test]"
 # fetch the pinned llama.cpp converter (vendored in the llama-cpp-python sdist) once
 .venv/bin/python -c "from koquant.llamacpp import llama_cpp_source; print('llama.cpp sources:', llama_cpp_source())"

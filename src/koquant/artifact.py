@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from . import procs
 from .errors import ArtifactError, ExportError, OutputError
 
 try:
@@ -348,9 +349,11 @@ def staged_output(out: Path, force: bool = False, marker: str = MANIFEST, what: 
             tmp.mkdir()
         except OSError as e:
             raise OutputError(f"cannot write in {out.parent}: {e.strerror}", hint="choose a writable folder with -o") from None
+        procs.note_staging(tmp)
         try:
             yield tmp
             publish(tmp, out)
+            procs.note_staging(tmp, done=True)
         except BaseException as e:
             full = disk_full(e) or (isinstance(e, (ExportError, OSError)) and _nearly_full(out.parent))
             shutil.rmtree(tmp, ignore_errors=True)

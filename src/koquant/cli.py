@@ -25,7 +25,11 @@ _COMMANDS = {
     "chat": ("koquant.cli_chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
     "verify": ("koquant.cli_verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
     "bench": ("koquant.cli_bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
+    "doctor": ("koquant.cli_doctor", "this machine's CPU and every backend: versions, build flags, a smoke test each"),
 }
+
+#: commands that run native backends in koquant's own process: run under a supervisor that reports a crash
+_SUPERVISED = ("export", "demo", "chat", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
         configure = getattr(mod, f"configure_{name}", None) or mod.configure
         configure(p)
     return parser
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The ``koquant`` executable: commands that run native code run as a supervised child, so a crash
+    in llama.cpp, onnxruntime or torch ends with one line naming the backend, the step and the signal
+    (``koquant.procs``) instead of the shell's bare "Segmentation fault"."""
+    argv = sys.argv[1:] if argv is None else argv
+    from . import procs
+
+    if os.environ.get(procs.SUPERVISED) or not argv or argv[0] not in _SUPERVISED:
+        procs.enable_crash_log()
+        return main(argv)
+    return procs.supervise(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import procs
 from .errors import KoquantError
 
 _SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
@@ -41,13 +42,16 @@ def main(args: argparse.Namespace) -> int:
     prompt = args.prompt
     if prompt == "-":
         prompt = sys.stdin.read()
-    session = load(args.artifact, quant=args.quant, **options)
+    with procs.step("koquant's runtime", f"loading {args.artifact}"):
+        session = load(args.artifact, quant=args.quant, **options)
     try:
         session.defaults.with_overrides(**sampling)  # bad flags fail before the first question
         system = [{"role": "system", "content": args.system}] if args.system else []
-        if prompt is not None:
-            return _one_shot(session, system + [{"role": "user", "content": prompt}], sampling, args)
-        return _interactive(session, system, sampling, args)
+        # the supervisor (koquant.cli.entry) names this step if the backend's native code crashes
+        with procs.step(session.backend, f"answering in koquant chat ({Path(args.artifact).name})"):
+            if prompt is not None:
+                return _one_shot(session, system + [{"role": "user", "content": prompt}], sampling, args)
+            return _interactive(session, system, sampling, args)
     finally:
         session.close()
 

@@ -55,6 +55,10 @@ def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: i
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if log is not None:
         log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode < 0:
+        from .procs import crash_error
+
+        raise crash_error("onnxruntime-genai's model builder", f"building the {precision} model", -proc.returncode)
     if proc.returncode != 0 or not (out / "model.onnx").is_file() or not (out / "genai_config.json").is_file():
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
         raise ExportError(f"onnxruntime-genai's model builder failed for {precision} (exit {proc.returncode}):\n{tail}",

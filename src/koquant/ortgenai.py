@@ -122,3 +122,31 @@ def greedy(model, prompt, new_tokens: int) -> list[int]:
 
 def tokenizer(model):
     return import_og().Tokenizer(model)
+
+
+def gate_job(job: dict) -> dict:
+    """Child job of the ONNX gate (``koquant.procs``): the runtime's logits on each held-out chunk, its greedy
+    continuation, and (with ``parity``) how its own tokenizer and template engine compare with the source's."""
+    from . import procs
+    from .onnx_checks import template_parity, tokenizer_parity
+
+    model = load_model(Path(job["folder"]), job["threads"])
+    out: dict = {}
+    if job.get("parity"):
+        p, tok = job["parity"], tokenizer(model)
+        out["parity"] = {"tokenizer": tokenizer_parity(tok, p["text"], p["source_ids"], p["bos_id"]),
+                         "chat_template": template_parity(tok, p["template"], p["bos_token"], p["eos_token"])}
+    if job.get("chunks") is not None:
+        try:
+            files = []
+            for k, chunk in enumerate(job["chunks"]):
+                f = Path(job["out"]) / f"onnx-logits-{k}.npy"
+                np.save(f, prompt_logits(model, chunk))
+                files.append(str(f))
+                procs.event(done=k + 1, total=len(job["chunks"]))
+            out["logits"] = files
+            out["greedy"] = greedy(model, job["prompt"], job["new_tokens"])
+        except RuntimeError as e:  # onnxruntime's kernel failures
+            raise ExportError(f"onnxruntime-genai cannot run the {job['quant']} export: {str(e)[:400]}",
+                              hint="report this with the command line; try another --quant") from None
+    return out

@@ -5,19 +5,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from ..errors import BackendMissingError
+from .. import procs
+from ..errors import BackendMissingError, KoquantError
 from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 from .targets import expand, source_target
-from .worker import MARK
 
 
 def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None, force: bool = False,
@@ -88,7 +85,6 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
                             "record": str(baseline_logits) if i == 0 else None,
                             "baseline": None if i == 0 else str(baseline_logits)} if cfg.quality else None,
                 "mc": {"requests": requests} if requests else None,
-                "result": str(work / f"result-{i}.json"),
             }
             results[target.name] = _run_worker(job, work / f"job-{i}.json", progress, i, len(runs))
         shutil.rmtree(baseline_logits, ignore_errors=True)
@@ -124,44 +120,32 @@ def _workdir(out: Path | None, force: bool):
 _PHASES = {"load": "loading", "latency": "latency", "quality": "quality", "mc": "multiple choice"}
 
 
+#: format -> the backend named when its runtime crashes
+_BACKENDS = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai", "gptq": "GPTQModel (torch)", "hf": "torch"}
+
+
 def _run_worker(job: dict, job_path: Path, progress, index: int, count: int) -> dict:
-    job_path.write_text(json.dumps(job), encoding="utf-8")
     label = f"[{index + 1}/{count}] {job['name']}"
     task = progress.add_task(f"{label}: starting", total=None) if progress is not None else None
-    log = job_path.with_suffix(".log")
+
+    def on_event(ev: dict) -> None:
+        if task is None:
+            return
+        desc = f"{label}: {_PHASES.get(ev['phase'], ev['phase'])}"
+        if "total" in ev:
+            progress.update(task, description=desc, total=ev["total"], completed=ev["done"])
+        else:
+            progress.update(task, description=desc)
+
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "w", encoding="utf-8") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "koquant.bench.worker", str(job_path)], stdout=subprocess.PIPE,
-                                stderr=err, text=True, encoding="utf-8", errors="replace", env=env)
-        other: list[str] = []
-        try:
-            for line in proc.stdout:
-                at = line.find(MARK)
-                if at < 0:
-                    if line.strip():
-                        other.append(line.rstrip("\n"))
-                    continue
-                if task is not None:
-                    ev = json.loads(line[at + len(MARK):])
-                    desc = f"{label}: {_PHASES.get(ev['phase'], ev['phase'])}"
-                    if "total" in ev:
-                        progress.update(task, description=desc, total=ev["total"], completed=ev["done"])
-                    else:
-                        progress.update(task, description=desc)
-            rc = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    result_path = Path(job["result"])
-    result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
-    if rc != 0 or result is None or "error" in result:
-        tail = "\n".join((log.read_text(encoding="utf-8", errors="replace").splitlines() + other)[-8:])
-        e = (result or {}).get("error") or {}
-        if os.environ.get("KOQUANT_DEBUG") and e.get("traceback"):
-            print(e["traceback"], file=sys.stderr)
-        message = e.get("message") or f"the worker exited with code {rc}" + (f":\n{tail}" if tail else "")
-        raise BenchError(f"benching {job['name']} ({job['path']}) failed: {message}", hint=e.get("hint"))
+    try:
+        result = procs.run("koquant.bench.worker:run", job, backend=_BACKENDS.get(job["format"], job["format"]),
+                           step=f"benching {job['name']}", work=job_path.parent, env=env, on_event=on_event,
+                           log=job_path.with_suffix(".log"))
+    except procs.NativeCrashError:
+        raise
+    except KoquantError as e:
+        raise BenchError(f"benching {job['name']} ({job['path']}) failed: {e.message}", hint=e.hint) from None
     if task is not None:
         progress.update(task, description=f"{label}: done", total=1, completed=1)
     return result

@@ -1,26 +1,18 @@
-"""One runtime, measured in a process of its own: ``python -m koquant.bench.worker JOB.json``.
+"""One runtime, measured in a process of its own: :func:`run` as a ``koquant.procs`` job.
 
-A fresh process per export makes peak memory (VmHWM) that export's own, and keeps one
-runtime's threads, arenas and caches away from the next. The job says what to load and measure;
-the worker writes ``result`` (JSON) and reports progress as marked lines on stdout. Order:
+A fresh process per export makes peak memory (VmHWM) that export's own, keeps one runtime's
+threads, arenas and caches away from the next, and turns a crash of its native code into a
+report. The job says what to load and measure; the result comes back through ``koquant.procs``
+and progress as its events. Order:
 imports (timed apart), load, latency, peak memory, then quality (whose logit arrays would
 otherwise inflate the peak).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-import traceback
-from pathlib import Path
 
-MARK = "@@koquant-bench "
-
-
-def _event(**kw) -> None:
-    sys.stdout.write("\n" + MARK + json.dumps(kw) + "\n")
-    sys.stdout.flush()
+from ..procs import event as _event
 
 
 def _import_hf() -> None:
@@ -128,28 +120,3 @@ def run(job: dict) -> dict:
     finally:
         session.close()
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..errors import KoquantError
-
-    argv = sys.argv[1:] if argv is None else argv
-    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    result_path = Path(job["result"])
-    try:
-        result = run(job)
-    except KoquantError as e:
-        result_path.write_text(json.dumps({"error": {"type": type(e).__name__, "message": e.message, "hint": e.hint,
-                                                     "traceback": traceback.format_exc()}}), encoding="utf-8")
-        return 2
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises a BenchError
-        result_path.write_text(json.dumps({"error": {"type": type(e).__name__, "message": f"{type(e).__name__}: {e}",
-                                                     "hint": None, "traceback": traceback.format_exc()}}),
-                               encoding="utf-8")
-        return 1
-    result_path.write_text(json.dumps(result), encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

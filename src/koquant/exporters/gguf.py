@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import llamacpp
+from .. import llamacpp, procs
 from ..artifact import ArtifactFile
 from ..checkpoint import sha256_file
 from ..errors import RecipeError
@@ -82,7 +82,8 @@ class GGUFExporter:
                     shutil.copyfile(base, dst)
                 else:
                     use = imatrix if quant not in FLOAT_TYPES else None
-                    res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads)
+                    with procs.step("llama.cpp", f"quantizing to {quant}"):
+                        res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads)
                     af.fallbacks = res.fallbacks
                     af.notes.append("Korean importance matrix applied" if use is not None else "no importance matrix")
                 af.tensor_types = llamacpp.gguf_tensor_types(dst)
@@ -100,34 +101,26 @@ class GGUFExporter:
         return files
 
     def validate(self, path: Path, quant: str, ctx, ref_logits: list[np.ndarray]) -> dict:
-        llama_cpp = llamacpp.import_llama_cpp()
         ref = ctx.reference
         failures = []
         template = llamacpp.gguf_metadata_string(path, "tokenizer.chat_template")
         if ctx.ckpt.chat_template is not None and template != ctx.ckpt.chat_template:
             failures.append("the GGUF's chat template differs from the source's")
-        n_ctx = ctx.recipe.eval_ctx
-        threads = ctx.recipe.threads or os.cpu_count() or 1
-        lines: list[str] = []
-        with llamacpp.capture_llama_log(lines):
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                                  n_threads=threads, n_threads_batch=threads, verbose=False)
-        try:
-            ids = llm.tokenize(ref.heldout.plain_text().encode("utf-8"), add_bos=True, special=False)
-            same_ids = list(ids) == ref.heldout_ids
-            got = []
-            for chunk in ref.eval_chunks.ids:
-                llm.reset()
-                llm.eval(list(chunk))
-                got.append(np.array(llm.scores[: len(chunk)], dtype=np.float32))
-        finally:
-            llm.close()
+        # llama.cpp runs in a child: a crash in its native code is reported, and nothing is published
+        job = {"path": str(path), "n_ctx": ctx.recipe.eval_ctx, "threads": ctx.recipe.threads or os.cpu_count() or 1,
+               "text": ref.heldout.plain_text(), "chunks": [list(map(int, c)) for c in ref.eval_chunks.ids],
+               "out": str(ctx.work)}
+        out = procs.run("koquant.llamacpp:heldout_logits", job, backend="llama.cpp", step=f"validating {path.name}",
+                        work=ctx.work)
+        same_ids = out["ids"] == ref.heldout_ids
+        got = [np.load(f) for f in out["logits"]]
+        for f in out["logits"]:
+            Path(f).unlink()
         metrics = compare_logits(ref_logits, got)
         verdict = judge(quant, metrics, same_ids, failures)
         verdict["heldout_tokens"] = len(ref.heldout_ids)
         verdict["chat_template_identical"] = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
         return verdict
-
 
 
 def _copy_tokenizer(ctx) -> None:

@@ -23,14 +23,13 @@ import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..artifact import ArtifactFile
 from ..checkpoint import sha256_file
-from ..errors import BackendMissingError, ExportError, RecipeError
+from .. import procs
+from ..errors import BackendMissingError, ExportError, KoquantError, RecipeError
 from ..formats import register_format
 from ..validate import compare_logits, judge
 
@@ -309,29 +308,30 @@ def _worker_env(work: Path, threads: int) -> dict:
 
 
 def _run_worker(action: str, job: dict, work: Path, *, progress=None, threads: int = 0) -> Path:
-    """Run ``koquant.gptq_worker``; its output goes to a log in ``work``, layer progress to ``progress``."""
+    """Run ``koquant.gptq_worker``'s ``action`` as a ``koquant.procs`` job; its output goes to a log in
+    ``work``, layer progress to ``progress``, a crash of its kernels becomes a one-line report."""
     work.mkdir(parents=True, exist_ok=True)
-    job_file, log = work / f"gptq-{action}.json", work / f"gptq-{action}.log"
-    job_file.write_text(json.dumps(job), encoding="utf-8")
-    done = 0
-    with log.open("wb") as sink:
+    log = work / f"gptq-{action}.log"
+    log.unlink(missing_ok=True)
+    done = [0]
+
+    def on_output(line: bytes) -> None:
+        if progress is not None:
+            for m in _LAYER.finditer(line):
+                while done[0] < int(m.group(1)):
+                    progress()
+                    done[0] += 1
+
+    step = "quantizing with GPTQ" if action == "quantize" else "loading the GPTQ export back for validation"
+    try:
         # cwd: GPTQModel writes its own logs to ./logs, which must not land in the user's folder
-        proc = subprocess.Popen([sys.executable, "-m", "koquant.gptq_worker", action, str(job_file.resolve())],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work,
-                                env=_worker_env(work.resolve(), threads))
-        try:
-            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-                sink.write(chunk)
-                if progress is not None:
-                    for m in _LAYER.finditer(chunk):
-                        while done < int(m.group(1)):
-                            progress()
-                            done += 1
-        finally:
-            code = proc.wait()
-    if code != 0 or f"KOQUANT_DONE {action}".encode() not in log.read_bytes():
-        raise ExportError(f"GPTQModel failed ({action}, exit {code}):\n{_tail(log)}",
-                          hint="run with KOQUANT_DEBUG=1, or report GPTQModel's message above")
+        procs.run(f"koquant.gptq_worker:{action}", job, backend="GPTQModel", step=step, work=work, cwd=work,
+                  env=_worker_env(work.resolve(), threads), on_output=on_output, log=log)
+    except procs.NativeCrashError:
+        raise
+    except KoquantError as e:
+        raise ExportError(f"GPTQModel failed ({action}): {e.message}\n{_tail(log)}",
+                          hint="run with KOQUANT_DEBUG=1, or report GPTQModel's message above") from None
     return log
 
 

@@ -19,14 +19,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import ortbuilder, ortgenai
+import numpy as np
+
+from .. import ortbuilder, ortgenai, procs
 from ..artifact import ArtifactFile, write_manifest
 from ..checkpoint import sha256_file
 from ..errors import ExportError, RecipeError
 from ..formats import register_format
 from ..matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
 from ..modelcard import write_model_card
-from ..onnx_checks import common_prefix, hf_greedy, template_parity, tokenizer_parity
+from ..onnx_checks import common_prefix, hf_greedy
 from ..validate import compare_logits, judge
 
 QUANTS = ortbuilder.PRECISIONS
@@ -165,12 +167,10 @@ class ONNXExporter:
     def _runtime_parity(self, ctx, folder: Path) -> dict:
         """onnxruntime-genai's own tokenizer and template engine against the source's (recorded, not gated)."""
         ref, ckpt = ctx.reference, ctx.ckpt
-        model = ortgenai.load_model(folder, ctx.recipe.threads)
-        tok = ortgenai.tokenizer(model)
-        return {
-            "tokenizer": tokenizer_parity(tok, ref.heldout.plain_text(), ref.heldout_ids, ref.bos_id),
-            "chat_template": template_parity(tok, ckpt.chat_template, ref.tokenizer.bos_token, ref.tokenizer.eos_token),
-        }
+        parity = {"text": ref.heldout.plain_text(), "source_ids": ref.heldout_ids, "bos_id": ref.bos_id,
+                  "template": ckpt.chat_template, "bos_token": ref.tokenizer.bos_token,
+                  "eos_token": ref.tokenizer.eos_token}
+        return _run_genai(ctx, folder, {"parity": parity}, "comparing its tokenizer with the source's")["parity"]
 
     # ------------------------------------------------------------------ gate
     def validate(self, ctx, folder: Path, quant: str) -> dict:
@@ -186,14 +186,14 @@ class ONNXExporter:
         # koquant's runtime tokenizes with the folder's tokenizer through transformers: it must give the source ids
         folder_tok = AutoTokenizer.from_pretrained(folder, model_max_length=10**9)  # no "longer than" warning
         same_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"]) == ref.heldout_ids
-        model = ortgenai.load_model(folder, ctx.recipe.threads)
         prompt = ref.heldout_ids[:GREEDY_PROMPT]
-        try:
-            got = [ortgenai.prompt_logits(model, chunk) for chunk in ref.eval_chunks.ids]
-            runtime = ortgenai.greedy(model, prompt, GREEDY_TOKENS)
-        except RuntimeError as e:  # onnxruntime's kernel failures
-            raise ExportError(f"onnxruntime-genai cannot run the {quant} export: {str(e)[:400]}",
-                              hint="report this with the command line; try another --quant") from None
+        job = {"chunks": [list(map(int, c)) for c in ref.eval_chunks.ids], "prompt": prompt,
+               "new_tokens": GREEDY_TOKENS, "quant": quant, "out": str(ctx.work)}
+        run = _run_genai(ctx, folder, job, f"validating {quant}")
+        got = [np.load(f) for f in run["logits"]]
+        for f in run["logits"]:
+            Path(f).unlink()
+        runtime = run["greedy"]
         # the greedy check needs the whole source model; loaded first, it also gives ref.logits (no layerwise pass)
         source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, _eos_ids(folder))
         metrics = compare_logits(ref.logits, got)
@@ -225,6 +225,12 @@ class ONNXExporter:
             sub["folder_files"] = {p.name: sha256_file(p) for p in sorted((ctx.out / folder).iterdir()) if p.is_file()}
             write_manifest(ctx.out / folder, sub)
             write_model_card(ctx.out / folder, sub)
+
+
+def _run_genai(ctx, folder: Path, job: dict, step: str) -> dict:
+    """onnxruntime-genai in a child process (``koquant.procs``): a crash in its kernels is reported, not fatal."""
+    return procs.run("koquant.ortgenai:gate_job", {"folder": str(folder), "threads": ctx.recipe.threads, **job},
+                     backend="onnxruntime-genai", step=f"{step} ({folder.name})", work=ctx.work)
 
 
 def _describe(quant: str, opts: OnnxOptions) -> str:

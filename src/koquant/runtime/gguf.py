@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KoquantError
-from ..llamacpp import capture_llama_log, import_llama_cpp
+from .. import procs
+from ..llamacpp import import_llama_cpp, open_model, tokenize
 from .loader import LoadError, Target, register_backend
 from .session import Backend
 from .tokenizer import TextTokenizer
@@ -55,39 +56,19 @@ class GGUFBackend(Backend):
 
         # koquant's bounded header parser first: a corrupt, truncated or hostile header (huge lengths,
         # impossible shapes) stops here with a clear message and never reaches llama.cpp's loader
-        read_gguf(target.model)
+        meta = read_gguf(target.model).metadata
         lib = self._lib = _llama_cpp()
         self.path = Path(target.model)
         self._model = self._ctx = None
         self._batch = None
-        lines: list[str] = []
-        with capture_llama_log(lines):
-            mp = lib.llama_model_default_params()
-            mp.n_gpu_layers = 0
-            self._model = lib.llama_model_load_from_file(str(self.path).encode(), mp)
-        if not self._model:
-            detail = " ".join(ln.strip() for ln in lines if "error" in ln.lower() or "failed" in ln.lower())[-400:]
-            raise LoadError(f"llama.cpp could not load {self.path.name}: {detail or 'unknown error'}",
-                            hint="check that the file is a complete GGUF written for this llama.cpp version")
-        self.n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
+        self.n_ctx_train = int(meta.get(f"{meta.get('general.architecture')}.context_length") or 4096)
         self.n_ctx = int(n_ctx or min(self.n_ctx_train, 4096))
         self.n_batch = int(min(n_batch or 512, self.n_ctx))
         # llama-cpp-python's default: half the logical CPUs (the physical cores on most machines)
         self._threads = int(threads or max((os.cpu_count() or 2) // 2, 1))
-        cp = lib.llama_context_default_params()
-        cp.n_ctx = self.n_ctx
-        cp.n_batch = cp.n_ubatch = self.n_batch
-        cp.n_seq_max = 1
-        cp.n_threads = cp.n_threads_batch = self._threads
-        cp.no_perf = True
-        # off unless asked, like llama-cpp-python's Llama and koquant's validation gate (the same numerics)
-        cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        with capture_llama_log(lines):
-            self._ctx = lib.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            self.close()
-            raise LoadError(f"llama.cpp could not create a context of {self.n_ctx} tokens for {self.path.name}",
-                            hint="try a smaller n_ctx (koquant chat --ctx)")
+        with procs.step("llama.cpp", f"loading {self.path.name}"):
+            self._model, self._ctx = open_model(self.path, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                                                threads=self._threads, flash_attn=flash_attn, error=LoadError)
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self._mem = lib.llama_get_memory(self._ctx)
@@ -143,16 +124,7 @@ class GGUFBackend(Backend):
 
     # ------------------------------------------------------------------ its own tokenizer
     def own_tokenize(self, text: str, add_special: bool = False) -> list[int]:
-        lib = self._lib
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (lib.llama_token * cap)()
-        n = lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
-        if n < 0:
-            cap = -n
-            buf = (lib.llama_token * cap)()
-            n = lib.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, True)
-        return list(buf[:n])
+        return tokenize(self._lib, self._vocab, text, add_special, parse_special=True)
 
     def detokenize(self, ids: Sequence[int], special: bool = False) -> str:
         lib = self._lib
