@@ -178,32 +178,31 @@ def smoke_torch(_job: dict) -> dict:
 
 
 def smoke_onnx(_job: dict) -> dict:
-    """onnxruntime's CPU int4 kernel (MatMulNBits, what koquant's int4 exports run) on a tiny graph."""
+    """A tiny Llama built by onnxruntime-genai's own model builder (int4: MatMulNBits, what koquant's int4
+    exports run), loaded by onnxruntime-genai and decoded for one token."""
+    import tempfile
+
     import numpy as np
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    import onnxruntime_genai  # noqa: F401 - the runtime koquant's ONNX exports use must import
+    from . import ortbuilder, ortgenai
 
-    k, n, block = 64, 32, 32
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 256, size=(n, k // block, block // 2), dtype=np.uint8)
-    scales = (rng.random((n * (k // block),)) * 0.01).astype(np.float32)
-    node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
-                            block_size=block, accuracy_level=4)
-    graph = helper.make_graph(
-        [node], "smoke", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
-        initializer=[helper.make_tensor("w", TensorProto.UINT8, codes.shape, codes.tobytes(), raw=True),
-                     helper.make_tensor("s", TensorProto.FLOAT, scales.shape, scales)])
-    model = helper.make_model(graph, ir_version=10,
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    y = sess.run(None, {"x": rng.standard_normal((1, k)).astype(np.float32)})[0]
-    if not np.isfinite(y).all():
-        raise KoquantError("onnxruntime returned non-finite values")
-    return {"model": "MatMulNBits int4 graph (onnxruntime CPU)", "onnx": onnx.__version__}
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="koquant-doctor-") as tmp:
+        src, out = Path(tmp) / "hf", Path(tmp) / "onnx"
+        LlamaForCausalLM(_tiny_llama_config()).save_pretrained(src)
+        vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, 128)}}
+        tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+                                      unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+        tok.save_pretrained(src)
+        ortbuilder.build(src, out, "int4", Path(tmp) / "cache", block_size=32)
+        model = ortgenai.load_model(out, threads=1)
+        logits = ortgenai.prompt_logits(model, [1, 5, 9])
+    if not np.isfinite(logits).all():
+        raise KoquantError("onnxruntime-genai returned non-finite logits")
+    return {"model": "1-layer Llama, int4 (onnxruntime-genai builder)", "positions": int(logits.shape[0])}
 
 
 def smoke_gptq(_job: dict) -> dict:
