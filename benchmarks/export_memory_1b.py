@@ -63,8 +63,10 @@ def status(pid):
     return out
 
 def role(cmd):
-    for key, name in (("convert_hf_to_gguf", "llama.cpp converter"), ("gptq_worker quantize", "GPTQModel quantize"),
-                      ("gptq_worker logits", "GPTQ gate (transformers load)"),
+    # koquant.procs children carry "module:function" on their command line
+    for key, name in (("convert_hf_to_gguf", "llama.cpp converter"), ("gptq_worker:quantize", "GPTQModel quantize"),
+                      ("gptq_worker:logits", "GPTQ gate (transformers load)"),
+                      ("llamacpp:heldout_logits", "llama.cpp gate"), ("ortgenai:gate_job", "onnxruntime-genai gate"),
                       ("onnxruntime_genai.models.builder", "onnxruntime-genai builder"), ("koquant", "koquant export")):
         if key in cmd:
             return name

@@ -32,7 +32,11 @@ def test_export_files_named_and_validated(family, gguf_exports):
 
 def test_f16_logits_match_source(family, gguf_exports):
     v = next(f for f in gguf_exports(family).files if f["quant"] == "F16")["validation"]
-    assert v["top1"] == 1.0
+    # the same next token everywhere, except at near-ties: where llama.cpp picks another token, the source
+    # itself ranks it within twice the largest logit difference of its own choice (a broken file flips
+    # positions the source is sure about)
+    assert v["top1"] >= 0.999
+    assert v["top1"] == 1.0 or v["top1_flip_margin"] <= 2 * v["max_abs_diff"], v
     assert v["max_abs_diff"] < 1e-2
     assert v["positions"] >= 1000
 

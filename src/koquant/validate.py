@@ -70,7 +70,7 @@ _ROWS = 32  # positions per block in compare_logits
 
 def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> dict:
     """Metrics of ``exported`` against ``reference`` (lists of [positions, vocab] arrays)."""
-    kls, agree, max_abs, n = [], 0, 0.0, 0
+    kls, agree, max_abs, n, flip_margin = [], 0, 0.0, 0, 0.0
     for ref, got in zip(reference, exported, strict=True):
         if ref.shape != got.shape:
             raise ValidationError(f"logit shapes differ: source {ref.shape}, export {got.shape}")
@@ -79,7 +79,13 @@ def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> d
             r, g = ref[i:i + _ROWS], got[i:i + _ROWS]
             lp, lq = _log_softmax(r), _log_softmax(g)
             kls.append((np.exp(lp) * (lp - lq)).sum(axis=-1))
-            agree += int((r.argmax(-1) == g.argmax(-1)).sum())
+            top_r, top_g = r.argmax(-1), g.argmax(-1)
+            agree += int((top_r == top_g).sum())
+            flips = np.nonzero(top_r != top_g)[0]
+            if len(flips):  # how much the source prefers its own token where the export picked another
+                rows = r[flips].astype(np.float64)
+                margins = rows[np.arange(len(flips)), top_r[flips]] - rows[np.arange(len(flips)), top_g[flips]]
+                flip_margin = max(flip_margin, float(margins.max()))
             max_abs = max(max_abs, float(np.abs(r.astype(np.float64) - g).max()))
         n += ref.shape[0]
     kl = np.concatenate(kls)
@@ -90,6 +96,7 @@ def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> d
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
         "max_abs_diff": max_abs,
+        "top1_flip_margin": flip_margin,
     }
 
 
