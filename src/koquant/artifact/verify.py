@@ -16,9 +16,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifact import MANIFEST, read_manifest
-from .checkpoint import sha256_file
-from .errors import ArtifactError
+from ..errors import ArtifactError
+from ..source.checkpoint import sha256_file
+from .manifest import MANIFEST, read_manifest
 
 
 @dataclass

@@ -34,7 +34,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .cli_export import _progress
+    from .export import _progress
 
     progress = _progress()
     report = run_bench(args.source_dir, args.artifacts, args.output, progress=progress, text=args.text, mc=args.mc,
@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run_bench(source_dir, artifacts, out, *, progress=None, **options):
-    from .bench import bench
+    from ..bench import bench
 
     if progress is None:
         return bench(source_dir, artifacts, out, **options)
@@ -58,7 +58,7 @@ def bench_after_export(model_dir, artifact_path: Path, threads: int, as_json: bo
     """``koquant export ... --bench``: bench what was just exported, with the defaults, into ``<OUT>-bench``."""
     import sys
 
-    from .cli_export import _progress
+    from .export import _progress
 
     out = artifact_path.with_name(artifact_path.name + "-bench")
     report = run_bench(model_dir, [artifact_path], out, progress=_progress(), threads=threads or None)

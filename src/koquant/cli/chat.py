@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from . import procs
-from .errors import KoquantError
+from .. import procs
+from ..errors import KoquantError
 
 _SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
 _HELP = "/reset clears the conversation, /exit or Ctrl-D quits"
@@ -35,7 +35,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .runtime import load
+    from ..runtime import load
 
     options = {k: getattr(args, k) for k in ("threads", "n_ctx", "dtype") if getattr(args, k) is not None}
     sampling = {k: getattr(args, k) for k in _SAMPLING_FLAGS if getattr(args, k) is not None}
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         session.defaults.with_overrides(**sampling)  # bad flags fail before the first question
         system = [{"role": "system", "content": args.system}] if args.system else []
-        # the supervisor (koquant.cli.entry) names this step if the backend's native code crashes
+        # the supervisor (koquant.cli.main.entry) names this step if the backend's native code crashes
         with procs.step(session.backend, f"answering in koquant chat ({Path(args.artifact).name})"):
             if prompt is not None:
                 return _one_shot(session, system + [{"role": "user", "content": prompt}], sampling, args)

@@ -10,14 +10,16 @@ one decode step in a child process (``koquant.procs``), so a crash in native cod
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
+import json
 import os
 import platform
 import time
 from pathlib import Path
 
-from . import procs
-from .errors import KoquantError
+from .. import procs
+from ..errors import KoquantError
 
 #: /proc/cpuinfo flags that decide which code the backends run
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
@@ -55,7 +57,7 @@ def _version(pkg: str) -> str | None:
 
 # ---------------------------------------------------------------- facts per backend (in this process)
 def _llama_facts() -> dict:
-    from . import llamacpp
+    from ..exporters.gguf import llamacpp
 
     lib = llamacpp.import_llama_cpp()
     return {"cpu": llamacpp.cpu_backend(lib).to_dict(), "system_info": llamacpp.system_info()}
@@ -69,14 +71,14 @@ def _torch_facts() -> dict:
 
 
 def _onnx_facts() -> dict:
-    from . import ortgenai
+    from ..exporters.onnx import genai
 
-    found = ortgenai.installed_runtime_packages()
+    found = genai.installed_runtime_packages()
     facts = {"packages": found}
     try:
-        ortgenai.check_install()
+        genai.check_install()
         facts["mixed_cpu_gpu_install"] = False
-    except ortgenai.OnnxRuntimeConflictError as e:
+    except genai.OnnxRuntimeConflictError as e:
         facts["mixed_cpu_gpu_install"] = True
         facts["problem"] = str(e)
         return facts
@@ -87,18 +89,18 @@ def _onnx_facts() -> dict:
 
 
 def _gptq_facts() -> dict:
-    from .exporters.gptq import check_install
+    from ..exporters.gptq.exporter import check_install
 
     return {"gptqmodel": check_install(), "optimum": _version("optimum")}
 
 
 #: name -> (packages whose versions are shown, facts in this process, smoke test entry in a child)
 BACKENDS = {
-    "llama.cpp": (("llama-cpp-python",), _llama_facts, "koquant.doctor:smoke_llama"),
-    "torch": (("torch", "transformers"), _torch_facts, "koquant.doctor:smoke_torch"),
+    "llama.cpp": (("llama-cpp-python",), _llama_facts, "koquant.cli.doctor:smoke_llama"),
+    "torch": (("torch", "transformers"), _torch_facts, "koquant.cli.doctor:smoke_torch"),
     "onnxruntime": (("onnxruntime", "onnxruntime-genai", "onnxruntime-gpu", "onnxruntime-genai-cuda"), _onnx_facts,
-                    "koquant.doctor:smoke_onnx"),
-    "gptqmodel": (("gptqmodel", "optimum"), _gptq_facts, "koquant.doctor:smoke_gptq"),
+                    "koquant.cli.doctor:smoke_onnx"),
+    "gptqmodel": (("gptqmodel", "optimum"), _gptq_facts, "koquant.cli.doctor:smoke_gptq"),
 }
 
 
@@ -134,7 +136,7 @@ def smoke_llama(_job: dict) -> dict:
 
     import numpy as np
 
-    from . import llamacpp
+    from ..exporters.gguf import llamacpp
 
     lib = llamacpp.import_llama_cpp()
     with tempfile.TemporaryDirectory(prefix="koquant-doctor-") as tmp:
@@ -187,7 +189,7 @@ def smoke_onnx(_job: dict) -> dict:
     from tokenizers import Tokenizer, models
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from . import ortbuilder, ortgenai
+    from ..exporters.onnx import builder, genai
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="koquant-doctor-") as tmp:
@@ -197,9 +199,9 @@ def smoke_onnx(_job: dict) -> dict:
         tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
                                       unk_token="<unk>", bos_token="<s>", eos_token="</s>")
         tok.save_pretrained(src)
-        ortbuilder.build(src, out, "int4", Path(tmp) / "cache", block_size=32)
-        model = ortgenai.load_model(out, threads=1)
-        logits = ortgenai.prompt_logits(model, [1, 5, 9])
+        builder.build(src, out, "int4", Path(tmp) / "cache", block_size=32)
+        model = genai.load_model(out, threads=1)
+        logits = genai.prompt_logits(model, [1, 5, 9])
     if not np.isfinite(logits).all():
         raise KoquantError("onnxruntime-genai returned non-finite logits")
     return {"model": "1-layer Llama, int4 (onnxruntime-genai builder)", "positions": int(logits.shape[0])}
@@ -207,7 +209,6 @@ def smoke_onnx(_job: dict) -> dict:
 
 def smoke_gptq(_job: dict) -> dict:
     """A tiny GPTQ v1 checkpoint (random packed weights) loaded the way users load one, run for one step."""
-    import json
     import tempfile
 
     import torch
@@ -243,3 +244,59 @@ def smoke_gptq(_job: dict) -> dict:
     layer = model.model.layers[0].self_attn.q_proj
     return {"model": "1-layer Llama, GPTQ 4-bit g32 (random)", "kernel": type(layer).__name__}
 
+
+# ---------------------------------------------------------------- the command
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON (for bug reports)")
+    p.add_argument("--no-smoke", action="store_true", help="skip the smoke tests (versions and builds only)")
+
+
+def main(args: argparse.Namespace) -> int:
+    r = report(smoke=not args.no_smoke)
+    failed = [n for n, b in r["backends"].items() if b.get("smoke", {}).get("passed") is False]
+    if args.json:
+        print(json.dumps(r, ensure_ascii=False, indent=2))
+        return 1 if failed else 0
+    cpu = r["cpu"]
+    mem = f", {cpu['memory_bytes'] / 2**30:.1f} GiB" if cpu.get("memory_bytes") else ""
+    print(f"koquant {r['koquant']} on Python {r['python']}, {r['platform']}")
+    print(f"CPU: {cpu['model']} ({cpu['logical_cpus']} logical CPUs{mem})")
+    print(f"     {' '.join(cpu['features']) or '(no SIMD features read)'}")
+    for name, b in r["backends"].items():
+        versions = ", ".join(f"{k} {v}" for k, v in b["versions"].items()) or "not installed"
+        print(f"\n{name}: {versions}")
+        if not b["found"]:
+            print(f"  missing: {b.get('problem')}" + (f"\n  hint: {b['hint']}" if b.get("hint") else ""))
+            continue
+        for line in _facts(name, b):
+            print(f"  {line}")
+        smoke = b.get("smoke")
+        if smoke is not None:
+            if smoke["passed"]:
+                detail = ", ".join(f"{k} {v}" for k, v in smoke.items() if k not in ("passed", "seconds"))
+                print(f"  smoke test: pass ({detail}; {smoke['seconds']:.1f} s)")
+            else:
+                print(f"  smoke test: FAIL: {smoke['error']}" + (f"\n    hint: {smoke['hint']}" if smoke.get("hint") else ""))
+    return 1 if failed else 0
+
+
+def _facts(name: str, b: dict) -> list[str]:
+    if name == "llama.cpp":
+        c = b["cpu"]
+        lines = [f"build: {c['build']}" + (f", CPU variant {c['variant']} ({c['reason']})" if c["variant"] else f" ({c['reason']})")]
+        runnable = [v for v, s in c["variants"].items() if s > 0]
+        if c["variants"]:
+            lines.append(f"variants this CPU runs: {', '.join(runnable)}; of {len(c['variants'])} shipped")
+        for v, why in c["skipped"].items():
+            lines.append(f"skipped {v}: {why}")
+        lines.append(f"extra buffer types (weight repacking): {'on' if c['extra_buffer_types'] else 'off'}")
+        lines.append(f"system info: {b['system_info']}")
+        return lines
+    if name == "torch":
+        return [f"CPU capability: {b['cpu_capability']}, {b['threads']} threads, oneDNN {'yes' if b['mkldnn'] else 'no'}, "
+                f"CUDA {'yes' if b['cuda'] else 'no'}"]
+    if name == "onnxruntime":
+        if b.get("mixed_cpu_gpu_install"):
+            return [f"PROBLEM: {b['problem']}"]
+        return [f"providers: {', '.join(b.get('providers', []))}", "mixed CPU/GPU install: no"]
+    return []

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
@@ -17,7 +17,7 @@ def _quant_list(text: str) -> tuple[str, ...]:
 def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
     """GGUF types are upper-case (Q4_K_M), ONNX precisions lower-case (int4); None: the format's default."""
     if quants is None:
-        from .formats import get_exporter
+        from ..exporters import get_exporter
 
         quants = get_exporter(fmt).default_quants
     return tuple(q.upper() if fmt == "gguf" else q.lower() for q in quants)
@@ -102,13 +102,13 @@ def _progress():
 
 
 def main_export(args: argparse.Namespace) -> int:
-    from .recipe import Recipe
+    from ..quant_recipes.recipe import Recipe
 
     progress = _progress()
     name = args.name
     with progress:
         if args.model_dir is None:
-            from .testing.miniatures import DEFAULT_MODEL, build_miniature
+            from ..testing.miniatures import DEFAULT_MODEL, build_miniature
 
             task = progress.add_task(f"building the built-in model {DEFAULT_MODEL}", total=None)
             model_dir = build_miniature(DEFAULT_MODEL, progress=progress)
@@ -124,7 +124,7 @@ def main_export(args: argparse.Namespace) -> int:
         params = _format_params(args)
         quants = args.quant
         if args.fmt == "gptq" and quants is None:
-            from .exporters.gptq import quant_name
+            from ..exporters.gptq.exporter import quant_name
 
             quants = (quant_name(params.get("bits", 4), params.get("group_size", 128)),)
         recipe = Recipe(
@@ -133,13 +133,13 @@ def main_export(args: argparse.Namespace) -> int:
             calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
             eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
         )
-        from .pipeline import export
+        from ..exporters.pipeline import export
 
         art = export(model_dir, recipe, args.output, allow_pickle=args.allow_pickle, force=args.force,
                      progress=progress, base_model=args.base_model)
     _report(art, args.json)
     if getattr(args, "bench", False):
-        from .cli_bench import bench_after_export
+        from .bench import bench_after_export
 
         bench_after_export(model_dir, art.path, args.threads, args.json)
     return 0

@@ -14,18 +14,18 @@ import os
 import sys
 import traceback
 
-from . import __version__
-from .errors import KoquantError
+from .. import __version__
+from ..errors import KoquantError
 
 # subcommand -> module with configure(parser) and main(args) -> int
 _COMMANDS = {
-    "export": ("koquant.cli_export", "export a Hugging Face checkpoint to GGUF (validated against the source)"),
-    "demo": ("koquant.cli_export", "build the built-in Korean miniature and export it to GGUF"),
-    "plan": ("koquant.plan.cli", "file size and RAM of every format and quant, from config.json alone"),
-    "chat": ("koquant.cli_chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
-    "verify": ("koquant.cli_verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
-    "bench": ("koquant.cli_bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
-    "doctor": ("koquant.cli_doctor", "this machine's CPU and every backend: versions, build flags, a smoke test each"),
+    "export": ("koquant.cli.export", "export a Hugging Face checkpoint to GGUF (validated against the source)"),
+    "demo": ("koquant.cli.export", "build the built-in Korean miniature and export it to GGUF"),
+    "plan": ("koquant.cli.plan", "file size and RAM of every format and quant, from config.json alone"),
+    "chat": ("koquant.cli.chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
+    "verify": ("koquant.cli.verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
+    "bench": ("koquant.cli.bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
+    "doctor": ("koquant.cli.doctor", "this machine's CPU and every backend: versions, build flags, a smoke test each"),
 }
 
 #: commands that run native backends in koquant's own process: run under a supervisor that reports a crash
@@ -54,7 +54,7 @@ def entry(argv: list[str] | None = None) -> int:
     in llama.cpp, onnxruntime or torch ends with one line naming the backend, the step and the signal
     (``koquant.procs``) instead of the shell's bare "Segmentation fault"."""
     argv = sys.argv[1:] if argv is None else argv
-    from . import procs
+    from .. import procs
 
     if os.environ.get(procs.SUPERVISED) or not argv or argv[0] not in _SUPERVISED:
         procs.enable_crash_log()

@@ -1,7 +1,7 @@
 """``koquant plan``: deployment size planning from config.json alone.
 
-The top-level CLI registers this subcommand with :func:`configure` and :func:`main`; until
-then ``python -m koquant.plan`` runs it standalone. :func:`main` raises
+The top-level CLI (:mod:`koquant.cli.main`) registers this subcommand with :func:`configure` and
+:func:`main`; ``python -m koquant.plan`` (``plan/__main__.py``) runs it standalone. :func:`main` raises
 :class:`~koquant.errors.KoquantError` for bad input and leaves printing it to the caller.
 """
 

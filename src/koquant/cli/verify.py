@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .errors import IntegrityError
+from ..errors import IntegrityError
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .verify import verify_artifact
+    from ..artifact.verify import verify_artifact
 
     result = verify_artifact(args.artifact)
     if args.json:

@@ -1,18 +1,20 @@
-"""The format registry: one decorator per exporter.
+"""How each format is made: the format registry, one decorator per exporter.
 
-An exporter module registers itself with ``@register_format("gguf")``; the registry maps
-the name to the module that defines it, so nothing heavy is imported until a format is
-used. Adding a format touches its own module plus one line in ``_MODULES``.
+An exporter module (``exporters/<format>/exporter.py``, beside its backend helpers) registers
+itself with ``@register_format("gguf")``; the registry maps the name to the module that defines
+it, so nothing heavy is imported until a format is used. Adding a format touches its own package
+plus one line in ``_MODULES``. The stages around the exporters live here too: ``pipeline.py``
+(``koquant.export``), ``reference.py`` and ``layerwise.py`` (the source), ``gate.py`` (the thresholds).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
-_MODULES = {"gguf": "koquant.exporters.gguf", "onnx": "koquant.exporters.onnx",
-            "gptq": "koquant.exporters.gptq"}
+_MODULES = {"gguf": "koquant.exporters.gguf.exporter", "onnx": "koquant.exporters.onnx.exporter",
+            "gptq": "koquant.exporters.gptq.exporter"}
 _REGISTRY: dict[str, type] = {}
 
 

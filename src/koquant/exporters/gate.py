@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 
 @dataclass(frozen=True)

@@ -8,15 +8,15 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
-from .artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_location, inventory, staged_output,
+from .. import __version__
+from ..artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_location, inventory, staged_output,
                        write_manifest)
-from .calib import TextSet, check_disjoint, korean_constitution, load_text_set
-from .checkpoint import Checkpoint
-from .errors import ValidationError
-from .formats import get_exporter
-from .modelcard import write_model_card
-from .recipe import Recipe
+from ..quant_recipes.calibration import TextSet, check_disjoint, korean_constitution, load_text_set
+from ..source.checkpoint import Checkpoint
+from ..errors import ValidationError
+from . import get_exporter
+from ..artifact.modelcard import write_model_card
+from ..quant_recipes.recipe import Recipe
 from .reference import Reference
 
 
@@ -107,7 +107,7 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
 def check_calibration_template(ckpt: Checkpoint, calibration: TextSet) -> None:
     """Render the first calibration conversation before any work: a template that is broken or
     hostile stops the export now, with the sandbox's message, instead of after the conversion."""
-    from .errors import CalibrationError
+    from ..errors import CalibrationError
 
     if not ckpt.chat_template:
         raise CalibrationError("--calib-chat needs a chat template, and the model has none",

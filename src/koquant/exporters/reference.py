@@ -2,7 +2,7 @@
 
 It tokenizes the held-out and calibration text and computes the reference logits that every
 format's gate compares to. The logits (and the GGUF importance matrix) come from
-:class:`~koquant.layerwise.LayerwiseModel`, which holds one decoder layer in float32 at a time,
+:class:`~koquant.exporters.layerwise.LayerwiseModel`, which holds one decoder layer in float32 at a time,
 so the reference costs a few layers of memory, not the whole model; ``model`` (the whole model
 in float32) is loaded only by the code that needs it (ONNX int4 GPTQ and greedy parity).
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .calib import Chunks, TextSet, chunk_tokens
-from .checkpoint import Checkpoint
-from .recipe import Recipe
+from ..quant_recipes.calibration import Chunks, TextSet, chunk_tokens
+from ..source.checkpoint import Checkpoint
+from ..quant_recipes.recipe import Recipe
 
 
 class Reference:
@@ -86,7 +86,7 @@ class Reference:
         r = self.recipe
         if r.calib_chat:
             if not self.ckpt.chat_template:
-                from .errors import CalibrationError
+                from ..errors import CalibrationError
 
                 raise CalibrationError("--calib-chat needs a chat template, and the model has none",
                                        hint="drop --calib-chat or add chat_template.jinja to the model folder")

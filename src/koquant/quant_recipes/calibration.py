@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CalibrationError
+from ..errors import CalibrationError
 
 TEXT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl",)
@@ -52,7 +52,7 @@ class TextSet:
 
     def chat_text(self, template: str, bos_token: str | None, eos_token: str | None) -> str:
         """All documents rendered through a chat template, one conversation each."""
-        from .chat_template import render_chat
+        from ..source.chat_template import render_chat
 
         out = []
         for d in self.documents:

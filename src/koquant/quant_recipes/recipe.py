@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .errors import RecipeError
+from ..errors import RecipeError
 
 RECIPE_VERSION = 1
 

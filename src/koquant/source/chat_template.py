@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
 
-from .errors import KoquantError
+from ..errors import KoquantError
 
 #: the most characters (or list items) one template expression may build, and a prompt may have
 MAX_VALUE_SIZE = 16 * 1024 * 1024

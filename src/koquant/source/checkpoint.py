@@ -13,8 +13,8 @@ from functools import cached_property
 from pathlib import Path
 
 from .architectures import Architecture, resolve_architecture
-from .errors import CheckpointError, UnsafeInputError
-from .safetensors_check import TensorInfo, _is_int, read_safetensors_header
+from ..errors import CheckpointError, UnsafeInputError
+from .safetensors import TensorInfo, _is_int, read_safetensors_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = (

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_DIMS = 8

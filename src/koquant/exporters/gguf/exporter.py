@@ -3,7 +3,7 @@
 1. ``convert_hf_to_gguf.py`` (vendored with the pinned binding) writes a lossless base GGUF
    in the source's dtype.
 2. The Korean calibration chunks run through the source model once, giving the importance
-   matrix (``koquant.imatrix``), saved as ``imatrix.gguf`` for reuse with llama-quantize.
+   matrix (``koquant.exporters.gguf.imatrix``), saved as ``imatrix.gguf`` for reuse with llama-quantize.
 3. ``llama_model_quantize`` writes each requested type from the base file, imatrix applied.
 4. Each file is loaded with llama-cpp-python and gated against the source's logits.
 """
@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import llamacpp, procs
-from ..artifact import ArtifactFile
-from ..checkpoint import sha256_file
-from ..errors import RecipeError
-from ..formats import register_format
-from ..imatrix import compute_imatrix
-from ..validate import compare_logits, judge
+from ... import procs
+from ...artifact import ArtifactFile
+from ...errors import RecipeError
+from ...source.checkpoint import sha256_file
+from .. import register_format
+from ..gate import compare_logits, judge
+from . import llamacpp
+from .imatrix import compute_imatrix
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
 QUANT_TYPES = FLOAT_TYPES + (
@@ -110,8 +111,8 @@ class GGUFExporter:
         job = {"path": str(path), "n_ctx": ctx.recipe.eval_ctx, "threads": ctx.recipe.threads or os.cpu_count() or 1,
                "text": ref.heldout.plain_text(), "chunks": [list(map(int, c)) for c in ref.eval_chunks.ids],
                "out": str(ctx.work)}
-        out = procs.run("koquant.llamacpp:heldout_logits", job, backend="llama.cpp", step=f"validating {path.name}",
-                        work=ctx.work)
+        out = procs.run("koquant.exporters.gguf.llamacpp:heldout_logits", job, backend="llama.cpp",
+                        step=f"validating {path.name}", work=ctx.work)
         same_ids = out["ids"] == ref.heldout_ids
         got = [np.load(f) for f in out["logits"]]
         for f in out["logits"]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .architectures import Architecture
+from ...source.architectures import Architecture
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
@@ -45,13 +45,13 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
     """Run ``model`` over token chunks and collect the importance matrix.
 
     ``model``: an HF causal LM or a
-    :class:`~koquant.layerwise.LayerwiseModel` (one decoder layer in memory at a time; ``on_layer``
+    :class:`~koquant.exporters.layerwise.LayerwiseModel` (one decoder layer in memory at a time; ``on_layer``
     after each layer). Both accumulate every tensor's chunks in the same order, so they give the
     same sums.
     """
     import torch
 
-    from .layerwise import LayerwiseModel
+    from ..layerwise import LayerwiseModel
 
     result = Imatrix()
     hooks = []

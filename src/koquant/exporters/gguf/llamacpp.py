@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BackendMissingError, ExportError
+from ...errors import BackendMissingError, ExportError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
@@ -368,7 +368,7 @@ def capture_llama_log(lines: list[str], echo: bool = False, llama_cpp=None):
 
 
 def quantize(src: Path, dst: Path, quant: str, imatrix=None, nthread: int = 0) -> QuantizeResult:
-    """``llama_model_quantize`` with an optional importance matrix (``koquant.imatrix.Imatrix``)."""
+    """``llama_model_quantize`` with an optional importance matrix (``koquant.exporters.gguf.imatrix.Imatrix``)."""
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = nthread
@@ -597,7 +597,7 @@ def heldout_logits(job: dict) -> dict:
     """Child job of the GGUF gate: the file's ids for the held-out text and its logits on each chunk."""
     import numpy as np
 
-    from . import procs
+    from ... import procs
 
     lib = import_llama_cpp()
     longest = max(len(c) for c in job["chunks"])
@@ -633,8 +633,8 @@ def heldout_logits(job: dict) -> dict:
     return {"ids": ids, "logits": files, "cpu": cpu_backend(lib).to_dict()}
 
 
-if __name__ == "__main__":  # install.sh: python -m koquant.llamacpp wheel
+if __name__ == "__main__":  # install.sh: python -m koquant.exporters.gguf.llamacpp wheel
     if sys.argv[1:] == ["wheel"]:
         print(portable_wheel())
     else:
-        sys.exit("usage: python -m koquant.llamacpp wheel")
+        sys.exit("usage: python -m koquant.exporters.gguf.llamacpp wheel")

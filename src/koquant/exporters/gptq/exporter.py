@@ -3,7 +3,7 @@
 1. The recipe is checked before any work: bits (4 or 8), group size against every decoder
    Linear's input width (a group that does not divide it makes a checkpoint that saves but
    fails when loaded), calibration text present, GPTQModel installed.
-2. A child process (``koquant.gptq_worker``) runs GPTQModel on the staged source with the
+2. A child process (``koquant.exporters.gptq.worker``) runs GPTQModel on the staged source with the
    shared Korean calibration chunks (the same token ids the GGUF importance matrix and the
    ONNX int4 GPTQ use), layer by layer, and saves qweight / qzeros / scales / g_idx with
    ``quantize_config.json`` and ``quantization_config`` in ``config.json`` (checkpoint format
@@ -26,12 +26,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifact import ArtifactFile
-from ..checkpoint import sha256_file
-from .. import procs
-from ..errors import BackendMissingError, ExportError, KoquantError, RecipeError
-from ..formats import register_format
-from ..validate import compare_logits, judge
+from ...artifact import ArtifactFile
+from ...source.checkpoint import sha256_file
+from ... import procs
+from ...errors import BackendMissingError, ExportError, KoquantError, RecipeError
+from .. import register_format
+from ..gate import compare_logits, judge
 
 GPTQMODEL_PINNED = "7.6.0"
 BITS = (4, 8)  # the widths vLLM, TGI, exllama and transformers all load from a GPTQ v1 checkpoint
@@ -208,7 +208,7 @@ class GPTQExporter:
         with ctx.task("validating against the source", 1) as advance:
             af.validation = self.validate(ctx, opts.quant)
             advance()
-        from ..safetensors_check import read_safetensors_header
+        from ...source.safetensors import read_safetensors_header
 
         af.tensor_types = {name: info.dtype for name, info in read_safetensors_header(ctx.out / WEIGHTS).items()}
         af.size = (ctx.out / WEIGHTS).stat().st_size
@@ -289,7 +289,7 @@ _LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")
 
 
 def _worker_env(work: Path, threads: int) -> dict:
-    from ..llamacpp import cache_root
+    from ..gguf.llamacpp import cache_root
 
     env = dict(os.environ)
     cores = threads or os.cpu_count() or 2
@@ -308,7 +308,7 @@ def _worker_env(work: Path, threads: int) -> dict:
 
 
 def _run_worker(action: str, job: dict, work: Path, *, progress=None, threads: int = 0) -> Path:
-    """Run ``koquant.gptq_worker``'s ``action`` as a ``koquant.procs`` job; its output goes to a log in
+    """Run ``koquant.exporters.gptq.worker``'s ``action`` as a ``koquant.procs`` job; its output goes to a log in
     ``work``, layer progress to ``progress``, a crash of its kernels becomes a one-line report."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"gptq-{action}.log"
@@ -325,7 +325,7 @@ def _run_worker(action: str, job: dict, work: Path, *, progress=None, threads: i
     step = "quantizing with GPTQ" if action == "quantize" else "loading the GPTQ export back for validation"
     try:
         # cwd: GPTQModel writes its own logs to ./logs, which must not land in the user's folder
-        procs.run(f"koquant.gptq_worker:{action}", job, backend="GPTQModel", step=step, work=work, cwd=work,
+        procs.run(f"koquant.exporters.gptq.worker:{action}", job, backend="GPTQModel", step=step, work=work, cwd=work,
                   env=_worker_env(work.resolve(), threads), on_output=on_output, log=log)
     except procs.NativeCrashError:
         raise

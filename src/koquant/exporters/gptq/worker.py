@@ -1,4 +1,4 @@
-"""GPTQModel in a child process: ``python -m koquant.gptq_worker quantize|logits JOB.json``.
+"""GPTQModel in a child process: ``python -m koquant.exporters.gptq.worker quantize|logits JOB.json``.
 
 GPTQModel patches transformers when imported, starts worker thread pools, prints its own
 progress bars and keeps large buffers alive; running it as a child keeps all of that out of

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import ExportError, RecipeError
+from ...errors import ExportError, RecipeError
 
 # HF class -> builder model class (onnxruntime-genai 0.18.0, builder.py create_model)
 BUILDER_ARCHITECTURES = {
@@ -56,7 +56,7 @@ def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: i
     if log is not None:
         log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
     if proc.returncode < 0:
-        from .procs import crash_error
+        from ...procs import crash_error
 
         raise crash_error("onnxruntime-genai's model builder", f"building the {precision} model", -proc.returncode)
     if proc.returncode != 0 or not (out / "model.onnx").is_file() or not (out / "genai_config.json").is_file():

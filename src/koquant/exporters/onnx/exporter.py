@@ -1,10 +1,10 @@
 """ONNX through onnxruntime-genai's model builder: one folder per quant, each runnable by onnxruntime-genai.
 
-1. The builder (``koquant.ortbuilder``, pinned onnxruntime-genai) turns the HF folder into
+1. The builder (``koquant.exporters.onnx.builder``, pinned onnxruntime-genai) turns the HF folder into
    ``<quant>/model.onnx`` + ``genai_config.json`` + tokenizer files, for fp32, fp16, int8 or int4.
 2. int4 ``gptq`` (the default): the Korean calibration chunks run through the source model
-   layer by layer and GPTQ rounds every decoder weight (``koquant.gptq_int4``); the codes replace
-   the builder's round-to-nearest ones in its MatMulNBits nodes (``koquant.matmulnbits``).
+   layer by layer and GPTQ rounds every decoder weight (``koquant.exporters.onnx.int4_gptq``); the codes replace
+   the builder's round-to-nearest ones in its MatMulNBits nodes (``koquant.exporters.onnx.matmulnbits``).
    ``rtn`` and ``k_quant`` are the builder's own uncalibrated quantizers.
 3. Each folder is loaded with onnxruntime-genai and gated against the source: logits on held-out
    Korean chunks (the source tokenizer's ids fed to the runtime), the source tokenizer loaded from
@@ -21,17 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ortbuilder, ortgenai, procs
-from ..artifact import ArtifactFile, write_manifest
-from ..checkpoint import sha256_file
-from ..errors import ExportError, RecipeError
-from ..formats import register_format
-from ..matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
-from ..modelcard import write_model_card
-from ..onnx_checks import common_prefix, hf_greedy
-from ..validate import compare_logits, judge
+from ... import procs
+from ...artifact import ArtifactFile, write_manifest
+from ...artifact.modelcard import write_model_card
+from ...errors import ExportError, RecipeError
+from ...source.checkpoint import sha256_file
+from .. import register_format
+from ..gate import compare_logits, judge
+from . import builder, genai
+from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
+from .parity import common_prefix, hf_greedy
 
-QUANTS = ortbuilder.PRECISIONS
+QUANTS = builder.PRECISIONS
 INT4_ALGOS = ("gptq", "rtn", "k_quant")
 DEFAULT_INT4_ALGO = "gptq"  # benchmarks/onnx_int4.md: lower KL than rtn and k_quant on the trained miniature
 GREEDY_TOKENS = 32
@@ -65,13 +66,13 @@ class OnnxOptions:
             raise RecipeError("--int4-algo gptq needs Korean calibration text, but calibration is off",
                               hint="drop --no-calib, or choose --int4-algo rtn")
         block = params.get("block_size", 32)
-        if block not in ortbuilder.BLOCK_SIZES:
+        if block not in builder.BLOCK_SIZES:
             raise RecipeError(f"block size {block} is not supported by MatMulNBits",
-                              hint="choose one of " + ", ".join(map(str, ortbuilder.BLOCK_SIZES)))
+                              hint="choose one of " + ", ".join(map(str, builder.BLOCK_SIZES)))
         level = params.get("accuracy_level", 4)
-        if level not in ortbuilder.ACCURACY_LEVELS:
+        if level not in builder.ACCURACY_LEVELS:
             raise RecipeError(f"accuracy level {level} is not available on the CPU execution provider",
-                              hint="; ".join(f"{k}: {v}" for k, v in ortbuilder.ACCURACY_LEVELS.items()))
+                              hint="; ".join(f"{k}: {v}" for k, v in builder.ACCURACY_LEVELS.items()))
         return cls(algo, block, level)
 
 
@@ -112,7 +113,7 @@ class ONNXExporter:
                 raise RecipeError(f"{quant} ONNX export is not supported on CPU: {NOT_ON_CPU[quant]}",
                                   hint="use fp32 for full precision, or int8/int4 for CPU")
         OnnxOptions.from_recipe(recipe)
-        ortgenai.check_install()
+        genai.check_install()
 
     def needs_calibration(self, recipe) -> bool:
         return "int4" in recipe.quants and OnnxOptions.from_recipe(recipe).int4_algo == "gptq"
@@ -121,7 +122,7 @@ class ONNXExporter:
     def export(self, ctx) -> list[ArtifactFile]:
         ckpt, recipe = ctx.ckpt, ctx.recipe
         opts = OnnxOptions.from_recipe(recipe)
-        ortbuilder.check_architecture(ckpt.architecture.hf_class)
+        builder.check_architecture(ckpt.architecture.hf_class)
         gptq = "int4" in recipe.quants and opts.int4_algo == "gptq"
         if gptq:
             _check_divisible(ckpt.config, opts.block_size)
@@ -131,7 +132,7 @@ class ONNXExporter:
                 folder = ctx.out / quant
                 # int4 gptq starts from the builder's round-to-nearest graph and replaces its codes
                 algo = ("rtn" if opts.int4_algo == "gptq" else opts.int4_algo) if quant == "int4" else None
-                ortbuilder.build(ctx.source_dir, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
+                builder.build(ctx.source_dir, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
                                  accuracy_level=opts.accuracy_level, algo=algo, log=ctx.work / f"builder-{quant}.log")
                 af = ArtifactFile(f"{quant}/{MODEL_FILE}", quant)
                 af.notes.append(_describe(quant, opts))
@@ -153,7 +154,7 @@ class ONNXExporter:
         return files
 
     def _gptq(self, ctx, opts: OnnxOptions) -> None:
-        from ..gptq_int4 import LAYER_LINEARS, quantize_decoder
+        from .int4_gptq import LAYER_LINEARS, quantize_decoder
 
         ref = ctx.reference
         chunks = ref.calibration_chunks(ctx.calibration)
@@ -229,12 +230,13 @@ class ONNXExporter:
 
 def _run_genai(ctx, folder: Path, job: dict, step: str) -> dict:
     """onnxruntime-genai in a child process (``koquant.procs``): a crash in its kernels is reported, not fatal."""
-    return procs.run("koquant.ortgenai:gate_job", {"folder": str(folder), "threads": ctx.recipe.threads, **job},
+    return procs.run("koquant.exporters.onnx.genai:gate_job",
+                     {"folder": str(folder), "threads": ctx.recipe.threads, **job},
                      backend="onnxruntime-genai", step=f"{step} ({folder.name})", work=ctx.work)
 
 
 def _describe(quant: str, opts: OnnxOptions) -> str:
-    level = f"accuracy level {opts.accuracy_level} ({ortbuilder.ACCURACY_LEVELS[opts.accuracy_level]})"
+    level = f"accuracy level {opts.accuracy_level} ({builder.ACCURACY_LEVELS[opts.accuracy_level]})"
     if quant == "int4":
         how = {"gptq": "GPTQ on Korean calibration text", "rtn": "round-to-nearest (the builder's default quantizer)",
                "k_quant": "k-quant (the builder's k_quant quantizer)"}[opts.int4_algo]

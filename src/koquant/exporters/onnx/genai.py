@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendMissingError, ExportError
+from ...errors import BackendMissingError, ExportError
 
 CPU_PACKAGES = ("onnxruntime", "onnxruntime-genai")
 GPU_PACKAGES = ("onnxruntime-gpu", "onnxruntime-genai-cuda")
@@ -127,8 +127,8 @@ def tokenizer(model):
 def gate_job(job: dict) -> dict:
     """Child job of the ONNX gate (``koquant.procs``): the runtime's logits on each held-out chunk, its greedy
     continuation, and (with ``parity``) how its own tokenizer and template engine compare with the source's."""
-    from . import procs
-    from .onnx_checks import template_parity, tokenizer_parity
+    from ... import procs
+    from .parity import template_parity, tokenizer_parity
 
     model = load_model(Path(job["folder"]), job["threads"])
     out: dict = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExportError
+from ...errors import ExportError
 
 _LAYER_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.(.+)\.MatMul\.weight_Q4$")
 MODEL_FILE = "model.onnx"

@@ -69,7 +69,7 @@ def template_parity(og_tokenizer, template: str | None, bos_token: str | None, e
     """Whether the runtime's template engine renders the source template like jinja2 does."""
     import json
 
-    from .chat_template import render_chat
+    from ...source.chat_template import render_chat
 
     if template is None:
         return {"template": None}

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KoquantError
-from .. import procs
-from ..llamacpp import import_llama_cpp, open_model, tokenize
-from .loader import LoadError, Target, register_backend
-from .session import Backend
-from .tokenizer import TextTokenizer
+from ...errors import KoquantError
+from ... import procs
+from ...exporters.gguf.llamacpp import import_llama_cpp, open_model, tokenize
+from ..loader import LoadError, Target, register_backend
+from ..session import Backend
+from ..tokenizer import TextTokenizer
 
 _initialized = False
 
@@ -52,7 +52,7 @@ class GGUFBackend(Backend):
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, flash_attn: bool = False):
-        from ..plan.gguf_reader import read_gguf
+        from ...plan.gguf_reader import read_gguf
 
         # koquant's bounded header parser first: a corrupt, truncated or hostile header (huge lengths,
         # impossible shapes) stops here with a clear message and never reaches llama.cpp's loader

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from ..errors import BackendMissingError
+from ...errors import BackendMissingError
 from .hf import HFBackend
-from .loader import Target, register_backend
+from ..loader import Target, register_backend
 
 
 @register_backend("gptq")
@@ -28,7 +28,7 @@ class GPTQBackend(HFBackend):
                                       hint="pip install -c constraints.txt -e '.[gptq]'")
         # GPTQModel crashes on machines with <= 3 cores unless it has at least two CPU workers
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-        from ..llamacpp import cache_root
+        from ...exporters.gguf.llamacpp import cache_root
 
         os.environ.setdefault("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(cache_root() / "gptqmodel-extensions"))
         super().__init__(target, dtype="float32", threads=threads, n_ctx=n_ctx)

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..errors import BackendMissingError, CheckpointError
-from .loader import Target, register_backend
-from .session import Backend
+from ...errors import BackendMissingError, CheckpointError
+from ..loader import Target, register_backend
+from ..session import Backend
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,7 +29,7 @@ class HFBackend(Backend):
         except ImportError:
             raise BackendMissingError("running a Hugging Face folder needs torch and transformers",
                                       hint="pip install koquant (they are koquant dependencies)") from None
-        from ..checkpoint import Checkpoint
+        from ...source.checkpoint import Checkpoint
 
         dtype = dtype or "float32"
         if dtype not in _DTYPES:

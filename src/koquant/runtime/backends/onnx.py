@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendMissingError
-from .loader import LoadError, Target, register_backend
-from .session import Backend
+from ...errors import BackendMissingError
+from ..loader import LoadError, Target, register_backend
+from ..session import Backend
 
 
 @register_backend("onnx")
@@ -37,12 +37,12 @@ class OnnxBackend(Backend):
                             hint="re-run the export") from None
         self._threads = int(threads or max((os.cpu_count() or 2) // 2, 1))
         try:
-            from .. import ortgenai  # koquant's onnxruntime-genai helpers: install checks, loading
+            from ...exporters.onnx import genai  # koquant's onnxruntime-genai helpers: install checks, loading
         except ImportError:
             raise BackendMissingError("this koquant has no onnxruntime-genai support installed",
                                       hint="pip install -c constraints.txt -e '.[onnx]'") from None
-        self._og = ortgenai.import_og()
-        self.model = ortgenai.load_model(self.folder, self._threads)
+        self._og = genai.import_og()
+        self.model = genai.load_model(self.folder, self._threads)
         self.n_vocab = int(config["vocab_size"])
         context = int(config.get("context_length") or 4096)
         if n_ctx and n_ctx > context:
