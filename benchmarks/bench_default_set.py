@@ -64,8 +64,8 @@ def main() -> None:
         options = {"threads": args.threads}
         if args.repeats:
             options["repeats"] = args.repeats
-        from koquant.cli_bench import print_summary, run_bench
-        from koquant.cli_export import _progress
+        from koquant.cli.bench import print_summary, run_bench
+        from koquant.cli.export import _progress
 
         load_before = os.getloadavg()
         cpu0 = _cpu_seconds()

@@ -64,9 +64,9 @@ def status(pid):
 
 def role(cmd):
     # koquant.procs children carry "module:function" on their command line
-    for key, name in (("convert_hf_to_gguf", "llama.cpp converter"), ("gptq_worker:quantize", "GPTQModel quantize"),
-                      ("gptq_worker:logits", "GPTQ gate (transformers load)"),
-                      ("llamacpp:heldout_logits", "llama.cpp gate"), ("ortgenai:gate_job", "onnxruntime-genai gate"),
+    for key, name in (("convert_hf_to_gguf", "llama.cpp converter"), ("gptq.worker:quantize", "GPTQModel quantize"),
+                      ("gptq.worker:logits", "GPTQ gate (transformers load)"),
+                      ("llamacpp:heldout_logits", "llama.cpp gate"), ("genai:gate_job", "onnxruntime-genai gate"),
                       ("onnxruntime_genai.models.builder", "onnxruntime-genai builder"), ("koquant", "koquant export")):
         if key in cmd:
             return name
@@ -108,17 +108,17 @@ piece, model, gguf, calib, n_eval = sys.argv[1], sys.argv[2], sys.argv[3], int(s
 def peak():  # VmHWM, not ru_maxrss: the latter keeps the RSS of the parent this process was forked from
     return next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
 import torch, transformers, numpy as np  # noqa: F401
-from koquant import llamacpp
+from koquant.exporters.gguf import llamacpp
 llamacpp.import_llama_cpp()
-from koquant.calib import chunk_tokens, korean_bills, korean_constitution
+from koquant.quant_recipes.calibration import chunk_tokens, korean_bills, korean_constitution
 from transformers import AutoTokenizer
 tok = AutoTokenizer.from_pretrained(model)
 ids = tok(korean_constitution().plain_text())["input_ids"]
 evals = chunk_tokens(ids, 256, n_eval, tok.bos_token_id).ids
 if piece == "reference":
-    from koquant.checkpoint import Checkpoint
-    from koquant.imatrix import compute_imatrix
-    from koquant.layerwise import LayerwiseModel
+    from koquant.source.checkpoint import Checkpoint
+    from koquant.exporters.gguf.imatrix import compute_imatrix
+    from koquant.exporters.layerwise import LayerwiseModel
     cal = chunk_tokens(tok(korean_bills().plain_text())["input_ids"], 256, calib, tok.bos_token_id)
     lw = LayerwiseModel(model)
     compute_imatrix(lw, Checkpoint.open(model).architecture, cal)

@@ -50,7 +50,7 @@ def synthetic(dest: Path, layers: int, hidden: int, intermediate: int) -> int:
 
 
 def measure(model_dir: Path, work: Path, calibration: list[list[int]]) -> dict:
-    from koquant.exporters.gptq import _worker_env
+    from koquant.exporters.gptq.exporter import _worker_env
 
     job = {"bits": 4, "group_size": 128, "act_order": True, "sym": True, "damp": 0.05, "mse": 2.4, "source": str(model_dir),
            "out": str(work / "out"), "dtype": "float32", "offload_dir": str(work / "offload"),
@@ -58,8 +58,8 @@ def measure(model_dir: Path, work: Path, calibration: list[list[int]]) -> dict:
     job_file = work / "job.json"
     job_file.write_text(json.dumps(job))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "koquant.gptq_worker", "quantize",
-                           str(job_file)], capture_output=True, text=True, cwd=work, env=_worker_env(work, 0))
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "koquant.exporters.gptq.worker",
+                           "quantize", str(job_file)], capture_output=True, text=True, cwd=work, env=_worker_env(work, 0))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_KIB")), None)
     if line is None or not line.endswith(" 0"):
         raise SystemExit("the GPTQ worker failed:\n" + (proc.stdout + proc.stderr)[-3000:])
@@ -76,7 +76,7 @@ def main() -> None:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from koquant.calib import korean_bills
+    from koquant.quant_recipes.calibration import korean_bills
 
     tok = AutoTokenizer.from_pretrained(build_miniature("ocelot-mini"))
     ids = tok(korean_bills().plain_text())["input_ids"]

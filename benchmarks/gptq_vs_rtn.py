@@ -61,8 +61,8 @@ def compare(model_dir: Path, gptq_dir: Path, chunks: list[list[int]], work: Path
     import torch
     from transformers import AutoModelForCausalLM
 
-    from koquant.exporters.gptq import _run_worker
-    from koquant.validate import compare_logits
+    from koquant.exporters.gptq.exporter import _run_worker
+    from koquant.exporters.gate import compare_logits
 
     source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ref = _logits(source, chunks)
@@ -83,7 +83,7 @@ def run(model_dir: Path, eval_chunks: int, calib_chunks: int) -> dict:
     calibrating on all ten bills (the export's own gate text, outside the miniature's training text)."""
     from transformers import AutoTokenizer
 
-    from koquant.calib import TextSet, chunk_tokens, korean_bills, korean_constitution
+    from koquant.quant_recipes.calibration import TextSet, chunk_tokens, korean_bills, korean_constitution
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     bos = tok.bos_token_id if tok("가")["input_ids"][:1] == [tok.bos_token_id] else None

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _child(spec: dict) -> dict:
     import numpy as np
 
-    from koquant import llamacpp
+    from koquant.exporters.gguf import llamacpp
 
     lib = llamacpp.import_llama_cpp()
     cpu = llamacpp.cpu_backend(lib)
@@ -98,7 +98,7 @@ def _run(spec: dict, env: dict) -> dict:
 
 
 def _models(folder: Path, layers: int) -> dict[str, Path]:
-    from koquant import llamacpp
+    from koquant.exporters.gguf import llamacpp
 
     folder.mkdir(parents=True, exist_ok=True)
     f16 = folder / f"tinyllama-shape-{layers}l-F16.gguf"
@@ -128,8 +128,8 @@ def main() -> int:
         print(json.dumps(_child(json.loads(Path(args.child).read_text()))))
         return 0
 
-    from koquant import llamacpp
-    from koquant.doctor import cpu_info
+    from koquant.exporters.gguf import llamacpp
+    from koquant.cli.doctor import cpu_info
 
     models = _models(llamacpp.cache_root() / "bench-models", args.layers)
     best = llamacpp.cpu_backend().variant

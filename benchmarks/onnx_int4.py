@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import koquant
-from koquant import ortgenai
+from koquant.exporters.onnx import genai
 from koquant.testing.miniatures import DEFAULT_MODEL, build_miniature
 
 
@@ -43,11 +43,11 @@ def damp_sweep(model_dir: Path, damps: list[float], block: int, eval_chunks: int
 
     import torch
 
-    from koquant.calib import korean_bills, korean_constitution
-    from koquant.checkpoint import Checkpoint
-    from koquant.gptq_int4 import LAYER_LINEARS, quantize_decoder, rtn
-    from koquant.reference import Reference
-    from koquant.validate import compare_logits
+    from koquant.quant_recipes.calibration import korean_bills, korean_constitution
+    from koquant.source.checkpoint import Checkpoint
+    from koquant.exporters.onnx.int4_gptq import LAYER_LINEARS, quantize_decoder, rtn
+    from koquant.exporters.reference import Reference
+    from koquant.exporters.gate import compare_logits
 
     recipe = koquant.Recipe("onnx", ("int4",), calib_chunks=calib_chunks, eval_chunks=eval_chunks)
     ref = Reference(Checkpoint.open(model_dir), Path(model_dir), recipe, korean_constitution())
@@ -79,8 +79,8 @@ def damp_sweep(model_dir: Path, damps: list[float], block: int, eval_chunks: int
 
 def decode_speed(folder: Path, threads: int, prompt_len: int = 64, new_tokens: int = 256, repeats: int = 3) -> float:
     """Median greedy decode tokens/s (the prompt's prefill is not counted)."""
-    og = ortgenai.import_og()
-    model = ortgenai.load_model(folder, threads)
+    og = genai.import_og()
+    model = genai.load_model(folder, threads)
     prompt = list(range(100, 100 + prompt_len))
     speeds = []
     for _ in range(repeats):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
+from koquant.cli.main import main
 from koquant.testing.miniatures import materialize
 
 

@@ -78,7 +78,7 @@ def gptq_exports(tmp_path_factory):
 @pytest.fixture(scope="session")
 def llama_tools():
     """llama.cpp's own tools (llama-imatrix, llama-perplexity) built from the pinned sources, cached."""
-    from koquant.llamacpp import build_tools
+    from koquant.exporters.gguf.llamacpp import build_tools
 
     return build_tools()
 

@@ -31,17 +31,17 @@ def pause(label):
 
 at = spec.get("pause_at")
 if at == "gguf-validate":
-    from koquant.exporters import gguf
-    gguf.GGUFExporter.validate = lambda self, *a, **k: pause(at)
+    from koquant.exporters.gguf import exporter
+    exporter.GGUFExporter.validate = lambda self, *a, **k: pause(at)
 elif at == "onnx-validate":
-    from koquant.exporters import onnx
-    onnx.ONNXExporter.validate = lambda self, *a, **k: pause(at)
+    from koquant.exporters.onnx import exporter
+    exporter.ONNXExporter.validate = lambda self, *a, **k: pause(at)
 elif at == "publish":
-    from koquant import artifact
-    artifact.publish = lambda tmp, out: pause(at)
+    from koquant.artifact import atomic
+    atomic.publish = lambda tmp, out: pause(at)
 elif at == "between-renames":
-    from koquant import artifact
-    artifact._exchange = lambda a, b: False  # a file system without RENAME_EXCHANGE
+    from koquant.artifact import atomic
+    atomic._exchange = lambda a, b: False  # a file system without RENAME_EXCHANGE
     real = os.rename
     def rename(src, dst):
         real(src, dst)
@@ -62,7 +62,7 @@ if spec.get("staged_only"):  # the atomic-output mechanism alone, on a tiny arti
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     sys.exit(0)
-from koquant.cli import main
+from koquant.cli.main import main
 sys.exit(main(spec["argv"]))
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from koquant.formats import available_formats
+from koquant.exporters import available_formats
 from koquant.runtime.loader import available_backends
 
 

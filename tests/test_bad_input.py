@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
+from koquant.cli.main import main
 from koquant.testing.miniatures import materialize
 
 
@@ -138,7 +138,7 @@ def test_bad_options(case, model, tmp_path, capsys):
 
 
 def test_calibration_overlapping_heldout_is_refused(model, tmp_path, capsys):
-    from koquant.calib import korean_constitution
+    from koquant.quant_recipes.calibration import korean_constitution
 
     calib = tmp_path / "calib.txt"
     calib.write_text(korean_constitution().plain_text(), encoding="utf-8")
@@ -168,9 +168,9 @@ def test_output_folder_with_foreign_files_is_not_clobbered(model, tmp_path, caps
 
 def test_failed_validation_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
     """An export that drifts from the source fails the gate: exit 3, no artifact."""
-    from koquant import validate
+    from koquant.exporters import gate
 
-    monkeypatch.setitem(validate.THRESHOLDS, "Q8_0", validate.Thresholds(1.0, 0.0, 0.0))
+    monkeypatch.setitem(gate.THRESHOLDS, "Q8_0", gate.Thresholds(1.0, 0.0, 0.0))
     out = tmp_path / "out"
     rc = main(["export", str(miniature("komt-mini")), "--quant", "Q8_0", "--calib-chunks", "4", "-o", str(out)])
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from koquant.bench import BenchError, bench
-from koquant.cli import main as cli_main
+from koquant.cli.main import main as cli_main
 from koquant.testing.miniatures import DEFAULT_MODEL
 
 from .badinput import run_cli
@@ -207,7 +207,7 @@ def _llama_perplexity(bindir, model, text_file, ctx: int, chunks: int) -> float:
 
 def test_gguf_perplexity_matches_llama_perplexity(run, llama_tools, tmp_path):
     """Same file, same text, same chunking: koquant's numbers are llama.cpp's own within 0.5 %."""
-    from koquant.calib import korean_constitution
+    from koquant.quant_recipes.calibration import korean_constitution
 
     report, _ = run
     text = tmp_path / "constitution.txt"
@@ -338,7 +338,7 @@ def test_a_failing_runtime_leaves_nothing(default_model, gguf_exports, tmp_path)
 
 def test_export_then_bench(default_model, tmp_path, monkeypatch, capsys):
     """``koquant export ... --bench`` benches what it exported into <OUT>-bench (small settings here)."""
-    import koquant.cli_bench as cli_bench
+    import koquant.cli.bench as cli_bench
 
     real = cli_bench.run_bench
     monkeypatch.setattr(cli_bench, "run_bench", lambda *a, **kw: real(
@@ -357,7 +357,7 @@ def test_bench_is_listed_and_start_up_stays_lean():
     out = subprocess.run([sys.executable, "-m", "koquant", "bench", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--baseline-dtype" in out and "REPORT_DIR" in out
-    code = ("import sys; from koquant.cli import build_parser; build_parser(); import koquant.bench; "
+    code = ("import sys; from koquant.cli.main import build_parser; build_parser(); import koquant.bench; "
             "print([m for m in ('torch', 'transformers', 'llama_cpp', 'onnxruntime_genai', 'matplotlib') "
             "if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from koquant.calib import (
+from koquant.quant_recipes.calibration import (
     check_disjoint,
     chunk_tokens,
     korean_bills,
@@ -75,7 +75,7 @@ def test_chat_rendering_uses_the_models_template():
 
 
 def test_overlap_with_heldout_refused():
-    from koquant.calib import TextSet
+    from koquant.quant_recipes.calibration import TextSet
 
     leak = TextSet("leaky", (korean_bills().documents[0] + korean_constitution().plain_text()[:2000],))
     with pytest.raises(CalibrationError, match="overlaps the held-out"):

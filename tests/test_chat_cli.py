@@ -165,6 +165,6 @@ def test_interactive_multi_turn_reset_and_ctrl_d(target):
 def test_chat_is_listed_and_start_up_stays_lean():
     out = subprocess.run([*KOQUANT, "--help"], capture_output=True, text=True, check=True).stdout
     assert "chat" in out
-    code = ("import sys; from koquant.cli import build_parser; build_parser(); "
+    code = ("import sys; from koquant.cli.main import build_parser; build_parser(); "
             "print([m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

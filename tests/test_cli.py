@@ -14,7 +14,7 @@ KOQUANT = [sys.executable, "-m", "koquant"]
 
 
 def test_help_does_not_import_heavy_backends():
-    code = ("import sys; from koquant.cli import build_parser; build_parser(); "
+    code = ("import sys; from koquant.cli.main import build_parser; build_parser(); "
             "heavy = [m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

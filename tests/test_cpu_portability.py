@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant import llamacpp
+from koquant.exporters.gguf import llamacpp
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
                                 reason="llama.cpp's CPU variants checked here are the x86-64 ones")
@@ -86,7 +86,8 @@ def test_tools_are_built_without_avx512_or_amx(llama_tools):
 def test_baseline_variant_exports_the_demo(tmp_path, default_model):
     """What a machine without AVX-512 runs: the AVX2 variant, forced, through a whole export and its gate."""
     probe = subprocess.run(
-        [sys.executable, "-c", "from koquant import llamacpp; import json; c = llamacpp.cpu_backend(); "
+        [sys.executable, "-c", "from koquant.exporters.gguf import llamacpp; import json; "
+         "c = llamacpp.cpu_backend(); "
          "print(json.dumps({'variant': c.variant, 'features': c.features, 'info': llamacpp.system_info()}))"],
         capture_output=True, text=True, env={**os.environ, llamacpp.VARIANT_ENV: "haswell"}, check=True)
     got = json.loads(probe.stdout)
@@ -101,7 +102,7 @@ def test_baseline_variant_exports_the_demo(tmp_path, default_model):
 
 
 def test_unknown_variant_is_refused_clearly():
-    r = subprocess.run([sys.executable, "-c", "from koquant import llamacpp; llamacpp.cpu_backend()"],
+    r = subprocess.run([sys.executable, "-c", "from koquant.exporters.gguf import llamacpp; llamacpp.cpu_backend()"],
                        capture_output=True, text=True, env={**os.environ, llamacpp.VARIANT_ENV: "pentium3"})
     assert r.returncode != 0
     assert "pentium3 names no CPU variant" in r.stderr and "haswell" in r.stderr
@@ -110,11 +111,13 @@ def test_unknown_variant_is_refused_clearly():
 # ---------------------------------------------------------------- native crashes are reported
 _CRASH_AT = {
     # a real SIGSEGV raised where llama.cpp runs: the gate's child, and chat's own process
-    "gguf-gate": "from koquant import llamacpp\nllamacpp.heldout_logits = lambda job: os.kill(os.getpid(), signal.SIGSEGV)\n",
-    "chat-decode": "from koquant.runtime import gguf\n"
+    "gguf-gate": "from koquant.exporters.gguf import llamacpp\n"
+                 "llamacpp.heldout_logits = lambda job: os.kill(os.getpid(), signal.SIGSEGV)\n",
+    "chat-decode": "from koquant.runtime.backends import gguf\n"
                    "gguf.GGUFBackend.forward = lambda self, ids: os.kill(os.getpid(), signal.SIGSEGV)\n",
-    "doctor-smoke": "from koquant import doctor\ndoctor.smoke_llama = lambda job: os.kill(os.getpid(), signal.SIGSEGV)\n",
-    "sigill": "from koquant import llamacpp\nllamacpp.heldout_logits = lambda job: os.kill(os.getpid(), signal.SIGILL)\n",
+    "doctor-smoke": "from koquant.cli import doctor\ndoctor.smoke_llama = lambda job: os.kill(os.getpid(), signal.SIGSEGV)\n",
+    "sigill": "from koquant.exporters.gguf import llamacpp\n"
+              "llamacpp.heldout_logits = lambda job: os.kill(os.getpid(), signal.SIGILL)\n",
 }
 
 

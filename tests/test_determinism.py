@@ -7,7 +7,7 @@ weights (int4 from koquant's GPTQ), the GPTQ ``model.safetensors`` (tensor by te
 failure names the tensors), the tokenizer copies, the model cards and ``koquant.json`` with its
 inventory of hashes. Both runs are on one machine with the same thread count; README.md says
 what that covers. The second GGUF and GPTQ exports also prove that those formats never load the
-whole float32 source (koquant.layerwise).
+whole float32 source (koquant.exporters.layerwise).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 import koquant
-from koquant.recipe import Recipe
+from koquant.quant_recipes.recipe import Recipe
 from koquant.testing.miniatures import build_miniature
 
 from .killing import snapshot
@@ -50,7 +50,7 @@ def _differing_entries(a, b, where: str = "") -> list[str]:
 def test_same_recipe_gives_the_same_bytes(fmt, request, tmp_path, monkeypatch):
     first = request.getfixturevalue(f"{fmt}_exports")(FAMILY)
     if fmt != "onnx":  # GGUF and GPTQ reach the source only layer by layer (ONNX int4 GPTQ needs the whole model)
-        from koquant.reference import Reference
+        from koquant.exporters.reference import Reference
 
         def whole_model(self):
             raise AssertionError(f"the {fmt} export loaded the whole float32 source model")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from koquant import llamacpp
-from koquant.modelcard import render_model_card
+from koquant.exporters.gguf import llamacpp
+from koquant.artifact.modelcard import render_model_card
 from koquant.testing.miniatures import build_miniature
 
 

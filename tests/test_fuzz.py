@@ -79,7 +79,7 @@ def _apply(manifest, keys, value):
 
 def test_fuzz_manifest_reader(tmp_path):
     from koquant.runtime.loader import resolve
-    from koquant.verify import verify_artifact
+    from koquant.artifact.verify import verify_artifact
 
     art = tmp_path / "art"
     (art / "tokenizer").mkdir(parents=True)
@@ -160,7 +160,7 @@ _PIECES = ["{{ ", " }}", "{% for m in messages %}", "{% endfor %}", "{% if ", " 
 
 
 def test_fuzz_template_renderer(tmp_path):
-    from koquant.chat_template import MAX_OUTPUT_CHARS, TemplateError, render_chat
+    from koquant.source.chat_template import MAX_OUTPUT_CHARS, TemplateError, render_chat
 
     canary = tmp_path / "canary"
     budget = Budget()

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from koquant import llamacpp
-from koquant.checkpoint import Checkpoint, sha256_file
+from koquant.exporters.gguf import llamacpp
+from koquant.source.checkpoint import Checkpoint, sha256_file
 
 from .conftest import GGUF_QUANTS
 
@@ -46,7 +46,7 @@ def test_heldout_token_ids_identical(family, gguf_exports, miniature):
     import llama_cpp
     from transformers import AutoTokenizer
 
-    from koquant.calib import korean_constitution
+    from koquant.quant_recipes.calibration import korean_constitution
 
     art = gguf_exports(family)
     text = korean_constitution().plain_text()
@@ -90,7 +90,7 @@ def test_manifest_records_everything(family, gguf_exports, miniature):
     assert m["source"]["architecture"] == src.architecture.hf_class
     assert m["recipe"]["quants"] == list(GGUF_QUANTS)
     assert m["calibration"]["name"] == "kobill" and len(m["calibration"]["sha256"]) == 64
-    from koquant.calib import korean_bills
+    from koquant.quant_recipes.calibration import korean_bills
 
     assert m["calibration"]["sha256"] == korean_bills().sha256
     assert m["calibration"]["imatrix_sha256"] == sha256_file(art.path / "imatrix.gguf")
@@ -128,7 +128,7 @@ def test_more_quant_types(quant, miniature, tmp_path):
 def test_user_jsonl_calibration_rendered_through_chat_template(miniature, tmp_path):
     """--calib-chat: user conversations rendered with the model's own template feed the imatrix."""
     import koquant
-    from koquant.calib import korean_bills
+    from koquant.quant_recipes.calibration import korean_bills
 
     paras = [p for d in korean_bills().documents for p in d.split("\n\n") if len(p) > 40]
     lines = [json.dumps({"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]},

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from koquant.checkpoint import TOKENIZER_FILES
-from koquant.exporters.gptq import GPTQOptions, check_shapes, layer_widths
+from koquant.source.checkpoint import TOKENIZER_FILES
+from koquant.exporters.gptq.exporter import GPTQOptions, check_shapes, layer_widths
 
 from .badinput import assert_clean, model, run_cli  # noqa: F401 (model is a fixture)
 

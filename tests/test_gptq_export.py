@@ -6,9 +6,9 @@ import json
 import subprocess
 import sys
 
-from koquant.checkpoint import Checkpoint, sha256_file
-from koquant.safetensors_check import read_safetensors_header
-from koquant.validate import thresholds_for
+from koquant.source.checkpoint import Checkpoint, sha256_file
+from koquant.source.safetensors import read_safetensors_header
+from koquant.exporters.gate import thresholds_for
 
 from .conftest import GPTQ_QUANT
 
@@ -137,7 +137,7 @@ def test_nothing_is_written_outside_the_artifact(gptq_exports, tmp_path, monkeyp
     import koquant
     from koquant.testing.miniatures import build_miniature
 
-    from koquant.llamacpp import cache_root
+    from koquant.exporters.gguf.llamacpp import cache_root
 
     monkeypatch.setenv("KOQUANT_CACHE", str(cache_root()))  # the real cache (miniatures, compiled extension)
     monkeypatch.chdir(tmp_path)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from koquant.errors import RecipeError
-from koquant.gptq_int4 import PERCDAMP, gptq, rtn
-from koquant.matmulnbits import pack, unpack
+from koquant.exporters.onnx.int4_gptq import PERCDAMP, gptq, rtn
+from koquant.exporters.onnx.matmulnbits import pack, unpack
 
 
 def _layer(seed: int = 0, n: int = 48, k: int = 128, tokens: int = 2048):
@@ -62,7 +62,7 @@ def test_gptq_codes_stay_on_the_grid():
 
 
 def test_block_size_must_divide_layer_widths():
-    from koquant.exporters.onnx import _check_divisible
+    from koquant.exporters.onnx.exporter import _check_divisible
 
     _check_divisible({"hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32}, 128)
     with pytest.raises(RecipeError, match="intermediate_size=1000"):

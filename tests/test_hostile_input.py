@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
+from koquant.cli.main import main
 from koquant.errors import KoquantError
 from koquant.testing.miniatures import materialize
 
@@ -275,7 +275,7 @@ def test_gguf_reader_never_allocates_what_a_header_declares(data, tmp_path):
 
 
 def test_safetensors_reader_never_allocates_what_a_header_declares(tmp_path):
-    from koquant.safetensors_check import read_safetensors_header
+    from koquant.source.safetensors import read_safetensors_header
 
     p = tmp_path / "x.safetensors"
     p.write_bytes(struct.pack("<Q", 2**60) + b"{}" + bytes(100))

@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from koquant import llamacpp
-from koquant.calib import chunk_tokens, korean_bills
-from koquant.checkpoint import Checkpoint
-from koquant.imatrix import compute_imatrix
+from koquant.exporters.gguf import llamacpp
+from koquant.quant_recipes.calibration import chunk_tokens, korean_bills
+from koquant.source.checkpoint import Checkpoint
+from koquant.exporters.gguf.imatrix import compute_imatrix
 
 N_CTX, N_CHUNKS = 128, 6
 
@@ -51,7 +51,7 @@ def test_torch_imatrix_equals_llama_imatrix(default_model, llama_tools, tmp_path
 
 def test_imatrix_written_in_llama_cpp_layout(tmp_path):
     """Our imatrix.gguf reads back through the same reader as llama-imatrix's files."""
-    from koquant.imatrix import Imatrix
+    from koquant.exporters.gguf.imatrix import Imatrix
 
     im = Imatrix({"blk.0.attn_q.weight": np.arange(256, dtype=np.float64)}, {"blk.0.attn_q.weight": 512}, 4)
     llamacpp.write_imatrix_gguf(tmp_path / "im.gguf", im, "kobill", 128)

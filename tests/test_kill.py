@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant.cli import main
+from koquant.cli.main import main
 from koquant.testing.miniatures import materialize
 
 from . import killing
@@ -152,7 +152,7 @@ def test_a_live_export_is_never_disturbed(tmp_path):
 @pytest.mark.skipif(sys.platform != "linux", reason="renameat2 is Linux-only")
 def test_publish_swaps_atomically(tmp_path):
     """On Linux the swap is one renameat2(RENAME_EXCHANGE): OUT never disappears, not even briefly."""
-    from koquant.artifact import _exchange
+    from koquant.artifact.atomic import _exchange
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()

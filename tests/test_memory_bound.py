@@ -1,6 +1,6 @@
 """The reference costs a few layers of memory, not the whole model, and gives the same numbers.
 
-``LayerwiseModel`` (``koquant.layerwise``) computes the reference logits and the GGUF importance
+``LayerwiseModel`` (``koquant.exporters.layerwise``) computes the reference logits and the GGUF importance
 matrix one decoder layer at a time, straight from safetensors. Its results must be bit-identical
 to the whole float32 model's, for every family, and its peak memory must not grow with depth.
 ``benchmarks/export_memory_1b.py`` shows the same on whole exports of a 1.1 B model.
@@ -27,7 +27,7 @@ def test_layerwise_logits_are_bit_identical(family):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from koquant.layerwise import LayerwiseModel
+    from koquant.exporters.layerwise import LayerwiseModel
 
     folder = build_miniature(family)  # the session's trained miniatures (built for the exports anyway)
     lw = LayerwiseModel(folder)
@@ -44,10 +44,10 @@ def test_layerwise_imatrix_is_bit_identical():
     import torch
     from transformers import AutoModelForCausalLM
 
-    from koquant.calib import Chunks
-    from koquant.checkpoint import Checkpoint
-    from koquant.imatrix import compute_imatrix
-    from koquant.layerwise import LayerwiseModel
+    from koquant.quant_recipes.calibration import Chunks
+    from koquant.source.checkpoint import Checkpoint
+    from koquant.exporters.gguf.imatrix import compute_imatrix
+    from koquant.exporters.layerwise import LayerwiseModel
 
     folder = build_miniature("komt-mini")
     arch = Checkpoint.open(folder).architecture
@@ -64,7 +64,7 @@ def test_layerwise_imatrix_is_bit_identical():
 # it was forked from, and hide growth below that)
 _PEAK = (
     "import json, sys\n"
-    "from koquant.layerwise import LayerwiseModel\n"
+    "from koquant.exporters.layerwise import LayerwiseModel\n"
     "m = LayerwiseModel(sys.argv[1])\n"
     "m.logits(json.loads(sys.argv[2]))\n"
     "print(next(int(ln.split()[1]) for ln in open('/proc/self/status') if ln.startswith('VmHWM:')))\n"

@@ -38,9 +38,9 @@ def test_onnx_options_refused_for_other_formats(model, tmp_path, capsys):
 
 
 def test_unsupported_family_is_refused(model, tmp_path, capsys, monkeypatch):
-    from koquant import ortbuilder
+    from koquant.exporters.onnx import builder
 
-    monkeypatch.delitem(ortbuilder.BUILDER_ARCHITECTURES, "MistralForCausalLM")
+    monkeypatch.delitem(builder.BUILDER_ARCHITECTURES, "MistralForCausalLM")
     out = tmp_path / "out"
     rc, err = run_cli(["export", str(model), "--fmt", "onnx", "--quant", "fp32", "-o", str(out)], capsys)
     assert rc == 2 and "model builder cannot export MistralForCausalLM" in err and "try --fmt gguf" in err
@@ -67,14 +67,14 @@ def test_unwritable_output(model, tmp_path, capsys):
 def _pretend_installed(monkeypatch, packages: dict[str, str]):
     import importlib.metadata as md
 
-    from koquant import ortgenai
+    from koquant.exporters.onnx import genai
 
     def version(name):
         if name in packages:
             return packages[name]
         raise md.PackageNotFoundError(name)
 
-    monkeypatch.setattr(ortgenai.md, "version", version)
+    monkeypatch.setattr(genai.md, "version", version)
 
 
 def test_cpu_and_gpu_runtimes_together_are_refused(model, tmp_path, capsys, monkeypatch):
@@ -103,9 +103,9 @@ def test_missing_or_wrong_runtime(packages, message, model, tmp_path, capsys, mo
 
 
 def test_failed_gate_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
-    from koquant import validate
+    from koquant.exporters import gate
 
-    monkeypatch.setitem(validate.THRESHOLDS, "int4", validate.Thresholds(1.0, 0.0, 0.0))
+    monkeypatch.setitem(gate.THRESHOLDS, "int4", gate.Thresholds(1.0, 0.0, 0.0))
     out = tmp_path / "out"
     rc, err = run_cli(["export", str(miniature("komt-mini")), "--fmt", "onnx", "--int4-algo", "rtn",
                     "--eval-chunks", "1", "-o", str(out)], capsys)
@@ -115,7 +115,7 @@ def test_failed_gate_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
 
 def test_onnx_paths_stay_lean():
     """Choosing and checking the ONNX format imports neither onnxruntime nor torch."""
-    code = ("import sys; from koquant.formats import get_exporter; from koquant.recipe import Recipe; "
+    code = ("import sys; from koquant.exporters import get_exporter; from koquant.quant_recipes.recipe import Recipe; "
             "get_exporter('onnx').check_recipe(Recipe('onnx', ('int4',))); "
             "print([m for m in ('torch', 'onnx', 'onnxruntime', 'onnxruntime_genai', 'transformers') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from koquant.checkpoint import Checkpoint, sha256_file
-from koquant.validate import thresholds_for
+from koquant.source.checkpoint import Checkpoint, sha256_file
+from koquant.exporters.gate import thresholds_for
 
 from .conftest import ONNX_QUANTS
 
@@ -78,7 +78,7 @@ def test_tokenizer_parity_is_recorded_truthfully(family, onnx_exports, miniature
     import onnxruntime_genai as og
     from transformers import AutoTokenizer
 
-    from koquant.calib import korean_constitution
+    from koquant.quant_recipes.calibration import korean_constitution
 
     art = onnx_exports(family)
     text = korean_constitution().plain_text()

@@ -37,7 +37,7 @@ from koquant.plan import (
     spec_from_config,
     spec_from_path,
 )
-from koquant.plan import cli as plan_cli
+from koquant.cli import plan as plan_cli
 from koquant.plan.vocab_footprint import footprint_from_dir
 
 GiB = 1024**3

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from koquant.formats import available_formats
+from koquant.exporters import available_formats
 from koquant.testing.miniatures import build_miniature
 
 from .badinput import run_cli
@@ -89,7 +89,7 @@ def test_disk_full_on_a_real_small_file_system(size, stage, tmp_path, capsys):
 
 def test_disk_full_simulated(tmp_path, capsys, monkeypatch):
     """ENOSPC raised in the converter's process (runs everywhere, root or not): same message, nothing left."""
-    from koquant import llamacpp
+    from koquant.exporters.gguf import llamacpp
 
     def fill_and_fail(model_dir, outfile, outtype):
         outfile.write_bytes(bytes(1 << 20))

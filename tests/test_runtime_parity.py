@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from koquant.chat_template import TemplateError
+from koquant.source.chat_template import TemplateError
 from koquant.runtime import ContextLengthError, LoadError, SamplingError, load
 from koquant.runtime.loader import available_backends
 
@@ -528,7 +528,7 @@ def test_chat_needs_a_template(miniature):
 
 
 def test_importing_the_runtime_stays_lean():
-    code = ("import sys, koquant; koquant.load; import koquant.runtime, koquant.cli_chat; "
+    code = ("import sys, koquant; koquant.load; import koquant.runtime, koquant.cli.chat; "
             "print([m for m in ('torch', 'transformers', 'llama_cpp', 'onnxruntime_genai') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from koquant.chat_template import TemplateError, render_chat
+from koquant.source.chat_template import TemplateError, render_chat
 from koquant.runtime import load
 
 from .runtime_backends import onnx_available
@@ -155,7 +155,7 @@ CVE = "{{ cycler.__init__.__globals__.os.system('touch CANARY_PATH') }}{{ bos_to
 
 def test_malicious_template_inside_a_gguf(gguf_exports, tmp_path):
     """The CVE-2024-34359 path: the payload in the GGUF's own tokenizer.chat_template metadata."""
-    from koquant.llamacpp import llama_cpp_source
+    from koquant.exporters.gguf.llamacpp import llama_cpp_source
 
     canary = tmp_path / "canary"
     template = tmp_path / "evil.jinja"

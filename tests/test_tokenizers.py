@@ -49,7 +49,7 @@ def _sha256(path: Path) -> str:
 
 def _llama_cpp_src() -> Path:
     """The vendored llama.cpp folder (converter + gguf-py) of the pinned binding."""
-    from koquant.llamacpp import llama_cpp_source
+    from koquant.exporters.gguf.llamacpp import llama_cpp_source
 
     return llama_cpp_source()
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from koquant.artifact import inventory, write_manifest
-from koquant.checkpoint import sha256_file
-from koquant.cli import main
+from koquant.source.checkpoint import sha256_file
+from koquant.cli.main import main
 
 
 def _artifact(root: Path) -> Path:

@@ -24,7 +24,7 @@ __all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "load",
 
 def __getattr__(name: str):
     if name == "export":
-        from .pipeline import export
+        from .exporters.pipeline import export
 
         return export
     if name == "load":
@@ -32,11 +32,11 @@ def __getattr__(name: str):
 
         return load
     if name == "Recipe":
-        from .recipe import Recipe
+        from .quant_recipes.recipe import Recipe
 
         return Recipe
     if name == "Checkpoint":
-        from .checkpoint import Checkpoint
+        from .source.checkpoint import Checkpoint
 
         return Checkpoint
     if name == "Artifact":

@@ -60,7 +60,7 @@ _DEFAULT_HINT = ("a bug in {backend}'s native code on this machine: run `koquant
 
 
 def crash_dir() -> Path:
-    from .llamacpp import cache_root
+    from .exporters.gguf.llamacpp import cache_root
 
     return cache_root() / "crashes"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..validate import _log_softmax as log_softmax
+from ..exporters.gate import _log_softmax as log_softmax
 from .settings import BenchError, BenchSettings
 
 #: rows of logits turned into float64 log-probabilities at a time (bounds memory on 256k vocabularies)
@@ -40,7 +40,7 @@ def read_text(spec: str | Path | None) -> BenchText:
     tokenize the same string.
     """
     if spec is None:
-        from ..calib import korean_constitution
+        from ..quant_recipes.calibration import korean_constitution
 
         ts = korean_constitution()
         text, name = ts.plain_text(), ts.name
@@ -76,7 +76,7 @@ class TokenizedText:
 
 def prepare_text(tokenizer, text: BenchText, settings: BenchSettings) -> TokenizedText:
     """Tokenize with the source tokenizer (BOS as it adds it) and cut llama-perplexity's chunks."""
-    from ..calib import chunk_tokens
+    from ..quant_recipes.calibration import chunk_tokens
 
     tokens = tokenizer.encode(text.text, add_special_tokens=True)
     ctx = settings.ctx

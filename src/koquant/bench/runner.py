@@ -29,7 +29,7 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     ``baseline_dtype``, ``prefill``, ``decode_tokens``, ``warmup``, ``repeats``, ``latency``,
     ``quality``). ``progress``: a rich Progress to report on. Returns the :class:`Report`.
     """
-    from ..checkpoint import Checkpoint
+    from ..source.checkpoint import Checkpoint
     from ..runtime.tokenizer import HFTokenizer
     from . import latency as lat
     from .quality import choice_requests, load_choices, prepare_text, read_text

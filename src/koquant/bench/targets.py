@@ -35,7 +35,8 @@ class BenchTarget:
 
 
 def source_target(ckpt, source_dir: Path, dtype: str) -> BenchTarget:
-    """The source checkpoint (an opened :class:`~koquant.checkpoint.Checkpoint` of ``source_dir``) as a target."""
+    """The source checkpoint (an opened :class:`~koquant.source.checkpoint.Checkpoint` of ``source_dir``) as a
+    target."""
     t = BenchTarget("source", "hf", str(source_dir), None, str(source_dir))
     t.file_bytes = sum(p.stat().st_size for p in ckpt.weight_files)
     t.bytes_per_token = _hf_bytes_per_token(ckpt, dtype)
@@ -125,7 +126,7 @@ def bytes_per_token(fmt: str, model: Path) -> int:
         return _onnx_bytes_per_token(model)
     if fmt == "gptq":
         return _safetensors_bytes_per_token(model)
-    from ..checkpoint import Checkpoint
+    from ..source.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(model)
     return _hf_bytes_per_token(ckpt, None)
@@ -162,7 +163,7 @@ def _hf_bytes_per_token(ckpt, dtype: str | None) -> int:
 
 
 def _safetensors_bytes_per_token(folder: Path) -> int:
-    from ..safetensors_check import read_safetensors_header
+    from ..source.safetensors import read_safetensors_header
 
     tensors = {}
     for p in sorted(folder.glob("*.safetensors")):

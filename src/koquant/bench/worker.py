@@ -27,15 +27,15 @@ def _import_gptq() -> None:
 
 
 def _import_gguf() -> None:
-    from ..llamacpp import import_llama_cpp
+    from ..exporters.gguf.llamacpp import import_llama_cpp
 
     import_llama_cpp()
 
 
 def _import_onnx() -> None:
-    from .. import ortgenai
+    from ..exporters.onnx import genai
 
-    ortgenai.import_og()
+    genai.import_og()
 
 
 #: format -> the runtime's libraries, imported before the load is timed

@@ -2,6 +2,6 @@
 
 import sys
 
-from koquant.plan.cli import run
+from koquant.cli.plan import run
 
 sys.exit(run())

@@ -4,7 +4,8 @@ The format comes from the artifact's ``koquant.json`` when koquant made it, othe
 its files: ``*.gguf`` (llama.cpp), ``genai_config.json`` (onnxruntime-genai), a
 ``config.json`` with a GPTQ ``quantization_config`` or a ``quantize_config.json`` (GPTQ), a
 plain ``config.json`` (transformers). Backends register themselves per format with
-``@register_backend``; adding one touches its own module and one line in ``_BACKENDS``.
+``@register_backend`` (``runtime/backends/``); adding one touches its own module and one line in
+``_BACKENDS``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ..artifact import MANIFEST
 from ..errors import KoquantError
 
 #: format -> module that registers its backend (imported only when a model of that format is loaded)
-_BACKENDS = {"hf": "koquant.runtime.hf", "gguf": "koquant.runtime.gguf", "onnx": "koquant.runtime.onnx",
-             "gptq": "koquant.runtime.gptq"}
+_BACKENDS = {"hf": "koquant.runtime.backends.hf", "gguf": "koquant.runtime.backends.gguf",
+             "onnx": "koquant.runtime.backends.onnx", "gptq": "koquant.runtime.backends.gptq"}
 _REGISTRY: dict[str, type] = {}
 FORMAT_NAMES = {"hf": "Hugging Face folder", "gguf": "GGUF", "onnx": "ONNX (onnxruntime-genai)", "gptq": "GPTQ"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -221,7 +222,7 @@ def _choose(folder: Path, entries: list[dict], quant: str | None, what: str) -> 
 
 
 def _quant_from_name(name: str) -> str | None:
-    from ..exporters.gguf import QUANT_TYPES
+    from ..exporters.gguf.exporter import QUANT_TYPES
 
     stem = name.rsplit(".", 1)[0].upper()
     for q in sorted(QUANT_TYPES, key=len, reverse=True):

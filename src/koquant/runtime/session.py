@@ -5,7 +5,7 @@ token ids into next-token logits, plus everything that must not differ between b
 done once here:
 
 - the prompt: the source model's chat template, rendered in koquant's sandbox
-  (:func:`koquant.chat_template.render_chat`) and tokenized by the source tokenizer, exactly
+  (:func:`koquant.source.chat_template.render_chat`) and tokenized by the source tokenizer, exactly
   as transformers' ``apply_chat_template(..., tokenize=True)`` does; those ids are what the
   backend is fed (its own tokenizer is only cross-checked, see :meth:`Session.check_tokenizer`);
 - the choice of each token (:mod:`koquant.runtime.sampling`), with defaults from the source's
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..chat_template import TemplateError, render_chat
+from ..source.chat_template import TemplateError, render_chat
 from ..errors import KoquantError
 from .sampling import Sampler, SamplingParams
 from .tokenizer import StreamDecoder, TextTokenizer

@@ -12,7 +12,7 @@ def train_on_korean(model, tokenizer_dir: Path, *, steps: int, seq_len: int = 25
     import torch
     from transformers import AutoTokenizer
 
-    from ..calib import korean_bills
+    from ..quant_recipes.calibration import korean_bills
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids = torch.tensor(tok(korean_bills().plain_text())["input_ids"], dtype=torch.long)

@@ -1,0 +1,170 @@
+"""``koquant export`` and ``koquant demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import RecipeError
+
+
+def _quant_list(text: str) -> tuple[str, ...]:
+    return tuple(q.strip() for q in text.split(",") if q.strip())
+
+
+def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
+    """GGUF types are upper-case (Q4_K_M), ONNX precisions lower-case (int4); None: the format's default."""
+    if quants is None:
+        from ..exporters import get_exporter
+
+        quants = get_exporter(fmt).default_quants
+    return tuple(q.upper() if fmt == "gguf" else q.lower() for q in quants)
+
+
+_FORMAT_OPTIONS = {
+    "onnx": ("int4_algo", "block_size", "accuracy_level"),
+    "gptq": ("bits", "group_size", "act_order", "sym", "damp"),
+}
+
+
+def _format_params(args: argparse.Namespace) -> dict:
+    """Format-specific options given on the command line; refused for a format they do not apply to."""
+    params = {}
+    for fmt, keys in _FORMAT_OPTIONS.items():
+        given = {k: getattr(args, k, None) for k in keys}
+        given = {k: v for k, v in given.items() if v is not None}
+        if given and args.fmt != fmt:
+            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --fmt {fmt} only",
+                              hint=f"add --fmt {fmt}, or drop those options")
+        if args.fmt == fmt:
+            params = given
+    return params
+
+
+def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
+    p.add_argument("--quant", default=default_quants, type=_quant_list,
+                   help="comma-separated quant types, sharing one conversion and one calibration (default "
+                   + (default_quants or "Q4_K_M for gguf, int4 for onnx, w4g128 for gptq") + ")")
+    p.add_argument("--calib", default="default", metavar="TEXT",
+                   help="calibration text: 'default' (Korean bills from konlpy), a .txt/.jsonl file or a folder")
+    p.add_argument("--no-calib", action="store_true", help="no calibration (plain quantization, no importance matrix)")
+    p.add_argument("--calib-chat", action="store_true", help="render calibration samples through the model's chat template")
+    p.add_argument("--calib-ctx", type=int, default=512, help="tokens per calibration chunk (default 512)")
+    p.add_argument("--calib-chunks", type=int, default=32, help="maximum calibration chunks (default 32)")
+    p.add_argument("--no-imatrix", action="store_true", help="GGUF: do not apply the importance matrix")
+    p.add_argument("--eval-ctx", type=int, default=256, help="tokens per held-out validation chunk (default 256)")
+    p.add_argument("--eval-chunks", type=int, default=4, help="held-out validation chunks (default 4)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
+    p.add_argument("--name", help="base name of the exported files (default: the model folder's name)")
+    p.add_argument("--base-model", help="hub id written as base_model in the model card")
+    p.add_argument("-o", "--output", type=Path, help="output folder (default ./<model>-<fmt>)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty output folder that is not a koquant artifact")
+    p.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+
+
+def configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", nargs="?", type=Path,
+                   help="local Hugging Face model folder (default: the built-in Korean miniature)")
+    p.add_argument("--fmt", default="gguf",
+                   help="output format: gguf (llama.cpp), onnx (onnxruntime-genai) or gptq (transformers, vLLM, TGI)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept *.bin pickle weights (loaded with torch.load(weights_only=True))")
+    _common(p, None)
+    p.add_argument("--int4-algo", help="ONNX int4: gptq (Korean-calibrated, default), rtn or k_quant")
+    p.add_argument("--block-size", type=int, help="ONNX int4/int8: MatMulNBits block size, 16-256 (default 32)")
+    p.add_argument("--accuracy-level", type=int,
+                   help="ONNX int4/int8: 4 = int8 activations (default, fastest on CPU), 1 = fp32 activations")
+    p.add_argument("--bits", type=int, help="GPTQ: weight width, 4 (default) or 8")
+    p.add_argument("--group-size", type=int, help="GPTQ: input columns per scale, 128 (default), 64, 32 or -1 (per row)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ: quantize columns in order of activation size (desc_act; default on)")
+    sym = p.add_mutually_exclusive_group()
+    sym.add_argument("--sym", dest="sym", action="store_true", default=None, help="GPTQ: symmetric grid (default)")
+    sym.add_argument("--asym", dest="sym", action="store_false", help="GPTQ: asymmetric grid (stored zero points)")
+    p.add_argument("--damp", type=float, help="GPTQ: Hessian dampening, fraction of its mean diagonal (default 0.05)")
+    p.add_argument("--bench", action="store_true",
+                   help="then run koquant bench on the export against the source (report in <OUT>-bench)")
+
+
+def configure_demo(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(model_dir=None, fmt="gguf", allow_pickle=False)
+    _common(p, "F16,Q8_0,Q4_K_M")
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+
+
+def main_export(args: argparse.Namespace) -> int:
+    from ..quant_recipes.recipe import Recipe
+
+    progress = _progress()
+    name = args.name
+    with progress:
+        if args.model_dir is None:
+            from ..testing.miniatures import DEFAULT_MODEL, build_miniature
+
+            task = progress.add_task(f"building the built-in model {DEFAULT_MODEL}", total=None)
+            model_dir = build_miniature(DEFAULT_MODEL, progress=progress)
+            progress.update(task, total=1, completed=1)
+            name = name or DEFAULT_MODEL
+        else:
+            model_dir = args.model_dir
+        if args.output is None:
+            args.output = Path.cwd() / f"{name or Path(model_dir).resolve().name}-{args.fmt}"
+        for key in ("calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks"):
+            if getattr(args, key) <= 0:
+                raise RecipeError(f"--{key.replace('_', '-')} must be positive")
+        params = _format_params(args)
+        quants = args.quant
+        if args.fmt == "gptq" and quants is None:
+            from ..exporters.gptq.exporter import quant_name
+
+            quants = (quant_name(params.get("bits", 4), params.get("group_size", 128)),)
+        recipe = Recipe(
+            fmt=args.fmt, quants=_quants_for(args.fmt, quants), params=params,
+            calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
+            calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
+            eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
+        )
+        from ..exporters.pipeline import export
+
+        art = export(model_dir, recipe, args.output, allow_pickle=args.allow_pickle, force=args.force,
+                     progress=progress, base_model=args.base_model)
+    _report(art, args.json)
+    if getattr(args, "bench", False):
+        from .bench import bench_after_export
+
+        bench_after_export(model_dir, art.path, args.threads, args.json)
+    return 0
+
+
+main_demo = main_export
+
+
+def _report(art, as_json: bool) -> None:
+    if as_json:
+        summary = {"artifact": str(art.path), "files": [
+            {k: f[k] for k in ("path", "quant", "size", "sha256")} | {"validation": {
+                k: f["validation"][k] for k in ("top1", "kl_mean", "max_abs_diff", "token_ids_identical", "passed")}}
+            for f in art.files]}
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{art.path} (validated against the source)")
+    for col in ("file", "quant", "MiB", "top-1", "mean KL", "max |Δlogit|", "ids", "fallbacks"):
+        t.add_column(col)
+    for f in art.files:
+        v = f["validation"]
+        t.add_row(f["path"], f["quant"], f"{f['size'] / 2**20:.1f}", f"{v['top1']:.4f}", f"{v['kl_mean']:.2e}",
+                  f"{v['max_abs_diff']:.2e}", "same" if v["token_ids_identical"] else "DIFF", str(len(f["fallbacks"])))
+    Console().print(t)
+    print(f"manifest: {art.path / 'koquant.json'}\nmodel card: {art.path / 'README.md'}", file=sys.stdout)

@@ -1,0 +1,136 @@
+"""GGUF through llama.cpp: one conversion, one Korean calibration, many quant types.
+
+1. ``convert_hf_to_gguf.py`` (vendored with the pinned binding) writes a lossless base GGUF
+   in the source's dtype.
+2. The Korean calibration chunks run through the source model once, giving the importance
+   matrix (``koquant.exporters.gguf.imatrix``), saved as ``imatrix.gguf`` for reuse with llama-quantize.
+3. ``llama_model_quantize`` writes each requested type from the base file, imatrix applied.
+4. Each file is loaded with llama-cpp-python and gated against the source's logits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ... import procs
+from ...artifact import ArtifactFile
+from ...errors import RecipeError
+from ...source.checkpoint import sha256_file
+from .. import register_format
+from ..gate import compare_logits, judge
+from . import llamacpp
+from .imatrix import compute_imatrix
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+QUANT_TYPES = FLOAT_TYPES + (
+    "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
+    "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS",
+    "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0",
+)
+# llama.cpp refuses these without an importance matrix
+REQUIRES_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "Q2_K_S")
+_BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
+
+
+@register_format("gguf")
+class GGUFExporter:
+    default_quants = ("Q4_K_M",)
+
+    def check_recipe(self, recipe) -> None:
+        llamacpp.import_llama_cpp()  # a missing backend fails before any work, naming the extra
+        unknown = [q for q in recipe.quants if q not in QUANT_TYPES]
+        if unknown:
+            raise RecipeError(f"unknown GGUF quant type(s): {', '.join(unknown)}",
+                              hint="choose from " + ", ".join(QUANT_TYPES))
+        need = [q for q in recipe.quants if q in REQUIRES_IMATRIX]
+        if need and (not recipe.imatrix or recipe.calib is None):
+            raise RecipeError(f"{', '.join(need)} require an importance matrix, but calibration is off",
+                              hint="drop --no-imatrix / --no-calib (the built-in Korean set is used by default)")
+
+    def needs_calibration(self, recipe) -> bool:
+        return recipe.imatrix and recipe.calib is not None and any(q not in FLOAT_TYPES for q in recipe.quants)
+
+    def export(self, ctx) -> list[ArtifactFile]:
+        ckpt, recipe, ref = ctx.ckpt, ctx.recipe, ctx.reference
+        name = recipe.name or ckpt.name
+        outtype, base_quant = _BASE_OUTTYPE.get(ckpt.source_dtype, ("f32", "F32"))
+        base = ctx.work / f"{name}-{base_quant}.gguf"
+        with ctx.step("converting with llama.cpp's convert_hf_to_gguf.py"):
+            llamacpp.convert_hf_to_gguf(ctx.source_dir, base, outtype)
+
+        imatrix = None
+        if self.needs_calibration(recipe):
+            chunks = ref.calibration_chunks(ctx.calibration)
+            layers = ref.layerwise.n_layers
+            with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
+                imatrix = compute_imatrix(ref.layerwise, ckpt.architecture, chunks, on_layer=advance)
+            llamacpp.write_imatrix_gguf(ctx.out / "imatrix.gguf", imatrix, ctx.calibration.name, chunks.n_ctx)
+            ctx.notes["imatrix"] = {"file": "imatrix.gguf", "imatrix_sha256": sha256_file(ctx.out / "imatrix.gguf"),
+                                    "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                                    "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
+
+        _copy_tokenizer(ctx)
+        files = []
+        with ctx.task("quantizing", len(recipe.quants)) as advance:
+            for quant in recipe.quants:
+                dst = ctx.out / f"{name}-{quant}.gguf"
+                af = ArtifactFile(dst.name, quant)
+                if quant == base_quant:
+                    shutil.copyfile(base, dst)
+                else:
+                    use = imatrix if quant not in FLOAT_TYPES else None
+                    with procs.step("llama.cpp", f"quantizing to {quant}"):
+                        res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads)
+                    af.fallbacks = res.fallbacks
+                    af.notes.append("Korean importance matrix applied" if use is not None else "no importance matrix")
+                af.tensor_types = llamacpp.gguf_tensor_types(dst)
+                files.append(af)
+                advance()
+
+        with ctx.task("validating against the source", len(files)) as advance:
+            ref_logits = ref.logits
+            for af in files:
+                af.validation = self.validate(ctx.out / af.path, af.quant, ctx, ref_logits)
+                advance()
+        for af in files:
+            af.size = (ctx.out / af.path).stat().st_size
+            af.sha256 = sha256_file(ctx.out / af.path)
+        return files
+
+    def validate(self, path: Path, quant: str, ctx, ref_logits: list[np.ndarray]) -> dict:
+        ref = ctx.reference
+        failures = []
+        template = llamacpp.gguf_metadata_string(path, "tokenizer.chat_template")
+        if ctx.ckpt.chat_template is not None and template != ctx.ckpt.chat_template:
+            failures.append("the GGUF's chat template differs from the source's")
+        # llama.cpp runs in a child: a crash in its native code is reported, and nothing is published
+        job = {"path": str(path), "n_ctx": ctx.recipe.eval_ctx, "threads": ctx.recipe.threads or os.cpu_count() or 1,
+               "text": ref.heldout.plain_text(), "chunks": [list(map(int, c)) for c in ref.eval_chunks.ids],
+               "out": str(ctx.work)}
+        out = procs.run("koquant.exporters.gguf.llamacpp:heldout_logits", job, backend="llama.cpp",
+                        step=f"validating {path.name}", work=ctx.work)
+        same_ids = out["ids"] == ref.heldout_ids
+        got = [np.load(f) for f in out["logits"]]
+        for f in out["logits"]:
+            Path(f).unlink()
+        metrics = compare_logits(ref_logits, got)
+        verdict = judge(quant, metrics, same_ids, failures)
+        verdict["heldout_tokens"] = len(ref.heldout_ids)
+        verdict["chat_template_identical"] = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
+        return verdict
+
+
+def _copy_tokenizer(ctx) -> None:
+    """The source's tokenizer, chat template and config (no weights) in ``tokenizer/``.
+
+    koquant's runtime renders prompts and tokenizes with these, so every backend gets the
+    source's exact token ids whatever its own tokenizer does.
+    """
+    dest = ctx.out / "tokenizer"
+    dest.mkdir()
+    for p in [ctx.ckpt.path / "config.json", *ctx.ckpt.tokenizer_files]:
+        shutil.copyfile(p, dest / p.name)

@@ -1,0 +1,341 @@
+"""GPTQ through GPTQModel on CPU, calibrated on Korean, in the GPTQ v1 checkpoint layout.
+
+1. The recipe is checked before any work: bits (4 or 8), group size against every decoder
+   Linear's input width (a group that does not divide it makes a checkpoint that saves but
+   fails when loaded), calibration text present, GPTQModel installed.
+2. A child process (``koquant.exporters.gptq.worker``) runs GPTQModel on the staged source with the
+   shared Korean calibration chunks (the same token ids the GGUF importance matrix and the
+   ONNX int4 GPTQ use), layer by layer, and saves qweight / qzeros / scales / g_idx with
+   ``quantize_config.json`` and ``quantization_config`` in ``config.json`` (checkpoint format
+   ``gptq``, the v1 zero points every loader reads).
+3. The folder gets the source's own tokenizer files and chat template back (GPTQModel's
+   tokenizer helper rewrites them), and machine-specific entries leave the config.
+4. The gate: a second child loads the folder with ``AutoModelForCausalLM.from_pretrained(...,
+   device_map="cpu")``, as users do, and its logits on held-out Korean chunks are compared with
+   the source's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ...artifact import ArtifactFile
+from ...source.checkpoint import sha256_file
+from ... import procs
+from ...errors import BackendMissingError, ExportError, KoquantError, RecipeError
+from .. import register_format
+from ..gate import compare_logits, judge
+
+GPTQMODEL_PINNED = "7.6.0"
+BITS = (4, 8)  # the widths vLLM, TGI, exllama and transformers all load from a GPTQ v1 checkpoint
+GROUP_SIZES = (32, 64, 128, -1)
+DEFAULT_DAMP = 0.05  # GPTQModel's default: Hessian dampening as a fraction of its mean diagonal
+# GPTQModel's `mse`: search each group's scale over shrinking ranges (norm 2.4, as in the GPTQ reference
+# code) instead of taking min/max. With act-order it is the best of the grid measured on the trained
+# miniature (benchmarks/gptq_vs_rtn.md); the checkpoint layout is unchanged.
+DEFAULT_MSE = 2.4
+WEIGHTS = "model.safetensors"
+# config.json / quantize_config.json entries that depend on the machine or the run, not the recipe
+_VOLATILE_META = ("offload_to_disk_path",)
+
+
+@dataclass(frozen=True)
+class GPTQOptions:
+    bits: int = 4
+    group_size: int = 128
+    act_order: bool = True
+    sym: bool = True
+    damp: float = DEFAULT_DAMP
+    mse: float = DEFAULT_MSE
+
+    @classmethod
+    def from_recipe(cls, recipe) -> "GPTQOptions":
+        params = dict(recipe.params or {})
+        unknown = sorted(set(params) - {"bits", "group_size", "act_order", "sym", "damp", "mse"})
+        if unknown:
+            raise RecipeError(f"unknown GPTQ option(s): {', '.join(unknown)}",
+                              hint="GPTQ options are bits, group_size, act_order, sym, damp and mse")
+        if len(recipe.quants) != 1:
+            raise RecipeError(f"GPTQ writes one checkpoint per export; got quant types {', '.join(recipe.quants)}",
+                              hint="choose the width with --bits and --group-size (one export each)")
+        label = parse_quant(recipe.quants[0])
+        for key, value in label.items():
+            if params.setdefault(key, value) != value:
+                raise RecipeError(f"quant {recipe.quants[0]} says {key}={value}, but {key}={params[key]} was given",
+                                  hint="give the width either as --quant or as --bits/--group-size")
+        opts = cls(**params)
+        if opts.bits not in BITS:
+            raise RecipeError(f"GPTQ export does not support {opts.bits}-bit weights",
+                              hint="use --bits 4 or --bits 8 (the widths vLLM, TGI, exllama and transformers load); "
+                              "for lower widths use --fmt gguf with Q3_K_M or Q2_K")
+        if opts.group_size not in GROUP_SIZES:
+            raise RecipeError(f"GPTQ group size {opts.group_size} is not supported",
+                              hint="use --group-size 128, 64, 32 or -1 (one group per row)")
+        if not 0 < opts.damp < 1:
+            raise RecipeError(f"GPTQ dampening {opts.damp} is outside (0, 1)", hint="the usual value is 0.01-0.1")
+        if opts.mse < 0:
+            raise RecipeError(f"GPTQ mse norm {opts.mse} is negative", hint="0 turns the scale search off; 2.4 is usual")
+        return opts
+
+    @property
+    def quant(self) -> str:
+        return quant_name(self.bits, self.group_size)
+
+
+def quant_name(bits: int, group_size: int) -> str:
+    """The artifact's quant name: ``w4g128``, ``w8g32``, ``w4`` (one group per row)."""
+    return f"w{bits}" + (f"g{group_size}" if group_size > 0 else "")
+
+
+def parse_quant(name: str) -> dict:
+    """``w4g128`` -> {"bits": 4, "group_size": 128}; ``w8`` -> {"bits": 8, "group_size": -1}."""
+    m = re.fullmatch(r"w(\d+)(?:g(\d+))?", name.strip().lower())
+    if m is None:
+        raise RecipeError(f"{name!r} is not a GPTQ quant name",
+                          hint="GPTQ quant names are w<bits>g<group size> (w4g128, w8g128, w4g32) or w<bits> "
+                          "for one group per row; or use --bits and --group-size")
+    return {"bits": int(m.group(1)), "group_size": int(m.group(2)) if m.group(2) else -1}
+
+
+def check_install() -> str:
+    """GPTQModel's version, or one clear message naming the extra to install."""
+    import importlib.metadata as md
+
+    try:
+        version = md.version("gptqmodel")
+    except md.PackageNotFoundError:
+        version = None
+    if version is None or importlib.util.find_spec("gptqmodel") is None:
+        raise BackendMissingError("GPTQ export needs GPTQModel, which is not installed",
+                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+    if version != GPTQMODEL_PINNED:
+        raise BackendMissingError(f"gptqmodel {version} is installed, but koquant is built against {GPTQMODEL_PINNED}",
+                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+    if importlib.util.find_spec("optimum") is None:
+        raise BackendMissingError("loading GPTQ checkpoints with transformers needs optimum, which is not installed",
+                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+    return version
+
+
+def layer_widths(config: dict) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each decoder Linear, from config.json."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    inter = config.get("intermediate_size") or 4 * hidden
+    return {
+        "self_attn.q_proj": (hidden, heads * head_dim),
+        "self_attn.k_proj": (hidden, kv * head_dim),
+        "self_attn.v_proj": (hidden, kv * head_dim),
+        "self_attn.o_proj": (heads * head_dim, hidden),
+        "mlp.gate_proj": (hidden, inter),
+        "mlp.up_proj": (hidden, inter),
+        "mlp.down_proj": (inter, hidden),
+    }
+
+
+def check_shapes(config: dict, opts: GPTQOptions) -> None:
+    """Refuse a recipe whose checkpoint would save but fail to load, naming the layer and what would work."""
+    widths = layer_widths(config)
+    pack = 32 // opts.bits  # values per int32 in qweight (along in_features) and qzeros (along out_features)
+    if opts.group_size > 0:
+        bad = {name: i for name, (i, _) in widths.items() if i % opts.group_size}
+        if bad:
+            ok = [g for g in GROUP_SIZES if g < 0 or all(i % g == 0 for i, _ in widths.values())]
+            layers = ", ".join(f"model.layers.*.{n} (in_features {i})" for n, i in bad.items())
+            raise RecipeError(
+                f"group size {opts.group_size} does not divide the input width of {layers}; GPTQModel would save "
+                "such a checkpoint, but its kernels and vLLM/exllama fail to load it",
+                hint="group sizes that work for this model: " + ", ".join(map(str, ok)))
+    bad = {name: (i, o) for name, (i, o) in widths.items() if i % pack or o % pack}
+    if bad:
+        layers = ", ".join(f"model.layers.*.{n} ({i}x{o})" for n, (i, o) in bad.items())
+        raise RecipeError(f"{opts.bits}-bit GPTQ packs {pack} values per int32, which does not divide {layers}",
+                          hint="use --fmt gguf or --fmt onnx for this model")
+
+
+@register_format("gptq")
+class GPTQExporter:
+    default_quants = ("w4g128",)
+    tool_packages = ("gptqmodel", "optimum")
+
+    def check_recipe(self, recipe) -> None:
+        GPTQOptions.from_recipe(recipe)
+        if recipe.calib is None:
+            raise RecipeError("GPTQ needs calibration text, but calibration is off",
+                              hint="drop --no-calib (the default is Korean bills), or pass --calib FILE")
+        check_install()
+
+    def needs_calibration(self, recipe) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ export
+    def export(self, ctx) -> list[ArtifactFile]:
+        opts = GPTQOptions.from_recipe(ctx.recipe)
+        check_shapes(ctx.ckpt.config, opts)
+        ref = ctx.reference
+        chunks = ref.calibration_chunks(ctx.calibration)
+        saved = ctx.work / "gptqmodel-out"
+        job = {
+            **asdict(opts), "source": str(ctx.source_dir.resolve()), "out": str(saved.resolve()), "dtype": "float32",
+            "offload_dir": str((ctx.work / "offload").resolve()), "calibration": chunks.ids,
+        }
+        layers = int(ctx.ckpt.config["num_hidden_layers"])
+        with ctx.task(f"GPTQ {opts.quant} on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
+            log = _run_worker("quantize", job, ctx.work, progress=advance, threads=ctx.recipe.threads)
+        if not (saved / WEIGHTS).is_file():
+            raise ExportError("GPTQModel finished without writing model.safetensors:\n" + _tail(log),
+                              hint="run with KOQUANT_DEBUG=1 and report GPTQModel's message above")
+        modules = _quant_log(saved / "quant_log.csv")
+        self._publish(ctx, saved)
+        ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                                        "tokens": chunks.n_tokens, "used_for": "GPTQ (layer input Hessians)"}
+        ctx.notes["gptq"] = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
+                             "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
+                             "modules": modules}
+        af = ArtifactFile(WEIGHTS, opts.quant)
+        af.notes.append(f"{opts.bits}-bit GPTQ, group size {opts.group_size}, "
+                        f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
+                        f"dampening {opts.damp}, {f'scale search (mse {opts.mse})' if opts.mse else 'min/max scales'}, "
+                        f"calibrated on {ctx.calibration.name}")
+        with ctx.task("validating against the source", 1) as advance:
+            af.validation = self.validate(ctx, opts.quant)
+            advance()
+        from ...source.safetensors import read_safetensors_header
+
+        af.tensor_types = {name: info.dtype for name, info in read_safetensors_header(ctx.out / WEIGHTS).items()}
+        af.size = (ctx.out / WEIGHTS).stat().st_size
+        af.sha256 = sha256_file(ctx.out / WEIGHTS)
+        return [af]
+
+    def _publish(self, ctx, saved: Path) -> None:
+        """Move GPTQModel's checkpoint into the artifact with the source's tokenizer files and template."""
+        for name in ("config.json", "quantize_config.json"):
+            path = saved / name
+            data = json.loads(path.read_text(encoding="utf-8"))
+            _drop_volatile(data)
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        qc = json.loads((saved / "config.json").read_text(encoding="utf-8")).get("quantization_config") or {}
+        if qc.get("checkpoint_format", qc.get("format")) != "gptq":
+            raise ExportError(f"GPTQModel wrote checkpoint format {qc.get('checkpoint_format')!r}, not gptq (v1)",
+                              hint="report this with the command line")
+        for name in ("config.json", "quantize_config.json", WEIGHTS):
+            shutil.move(saved / name, ctx.out / name)
+        for src in ctx.ckpt.tokenizer_files:  # tokenizer, chat template, generation config: the source's bytes
+            shutil.copyfile(src, ctx.out / src.name)
+
+    # ------------------------------------------------------------------ gate
+    def validate(self, ctx, quant: str) -> dict:
+        import numpy as np
+        from transformers import AutoTokenizer
+
+        ref, ckpt = ctx.reference, ctx.ckpt
+        work = ctx.work.resolve()
+        job = {"folder": str(ctx.out.resolve()), "ids": ref.eval_chunks.ids, "logits": str(work / "gptq-logits.npy"),
+               "info": str(work / "gptq-load.json")}
+        _run_worker("logits", job, ctx.work, threads=ctx.recipe.threads)
+        got = list(np.load(job["logits"]))
+        metrics = compare_logits(ref.logits, got)
+        folder_tok = AutoTokenizer.from_pretrained(ctx.out, model_max_length=10**9)
+        same_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"]) == ref.heldout_ids
+        template_file = ctx.out / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else folder_tok.chat_template
+        template_ok = ckpt.chat_template is None or template == ckpt.chat_template
+        verdict = judge(quant, metrics, same_ids, [] if template_ok else ["the export's chat template differs"])
+        load = json.loads(Path(job["info"]).read_text(encoding="utf-8"))
+        verdict.update(heldout_tokens=len(ref.heldout_ids), chat_template_identical=template_ok,
+                       loaded_with="transformers AutoModelForCausalLM.from_pretrained(device_map='cpu')",
+                       kernel=load["linear_class"])
+        return verdict
+
+    def finalize(self, ctx, manifest: dict) -> None:
+        manifest["gptq"] = ctx.notes["gptq"]
+
+
+def _drop_volatile(node) -> None:
+    if isinstance(node, dict):
+        for key in _VOLATILE_META:
+            node.pop(key, None)
+        for value in node.values():
+            _drop_volatile(value)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_volatile(value)
+
+
+def _quant_log(path: Path) -> dict:
+    """GPTQModel's per-module record (layer, module, loss, samples, damp) summed up; the file itself is not kept."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")]
+    damps = sorted({float(r["damp"]) for r in rows if r.get("damp") not in (None, "")})
+    # GPTQModel's CPU workers append rows in completion order; fsum is exact, so the mean does not depend on it
+    return {"count": len(rows), "loss_mean": math.fsum(losses) / len(losses) if losses else None,
+            "loss_max": max(losses) if losses else None, "damp_used": damps}
+
+
+_LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")
+
+
+def _worker_env(work: Path, threads: int) -> dict:
+    from ..gguf.llamacpp import cache_root
+
+    env = dict(os.environ)
+    cores = threads or os.cpu_count() or 2
+    env.update({
+        # GPTQModel crashes on machines with <= 3 cores unless it has at least two CPU workers
+        "GPTQMODEL_CPU_WORKERS": env.get("GPTQMODEL_CPU_WORKERS") or str(max(2, min(cores, 12) // 2)),
+        # its packing extension is compiled once, into koquant's cache instead of ~/.cache/gptqmodel
+        "GPTQMODEL_TORCH_EXTENSIONS_DIR": env.get("GPTQMODEL_TORCH_EXTENSIONS_DIR")
+        or str(cache_root() / "gptqmodel-extensions"),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false", "TMPDIR": str(work), "PYTHONHASHSEED": "0",
+    })
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _run_worker(action: str, job: dict, work: Path, *, progress=None, threads: int = 0) -> Path:
+    """Run ``koquant.exporters.gptq.worker``'s ``action`` as a ``koquant.procs`` job; its output goes to a log in
+    ``work``, layer progress to ``progress``, a crash of its kernels becomes a one-line report."""
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"gptq-{action}.log"
+    log.unlink(missing_ok=True)
+    done = [0]
+
+    def on_output(line: bytes) -> None:
+        if progress is not None:
+            for m in _LAYER.finditer(line):
+                while done[0] < int(m.group(1)):
+                    progress()
+                    done[0] += 1
+
+    step = "quantizing with GPTQ" if action == "quantize" else "loading the GPTQ export back for validation"
+    try:
+        # cwd: GPTQModel writes its own logs to ./logs, which must not land in the user's folder
+        procs.run(f"koquant.exporters.gptq.worker:{action}", job, backend="GPTQModel", step=step, work=work, cwd=work,
+                  env=_worker_env(work.resolve(), threads), on_output=on_output, log=log)
+    except procs.NativeCrashError:
+        raise
+    except KoquantError as e:
+        raise ExportError(f"GPTQModel failed ({action}): {e.message}\n{_tail(log)}",
+                          hint="run with KOQUANT_DEBUG=1, or report GPTQModel's message above") from None
+    return log
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    text = log.read_bytes().decode("utf-8", "replace").replace("\r", "\n")
+    keep = [ln for ln in text.splitlines() if ln.strip() and "━" not in ln and "░" not in ln and "█" not in ln]
+    return "\n".join(keep[-lines:])

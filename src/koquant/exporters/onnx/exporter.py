@@ -1,0 +1,262 @@
+"""ONNX through onnxruntime-genai's model builder: one folder per quant, each runnable by onnxruntime-genai.
+
+1. The builder (``koquant.exporters.onnx.builder``, pinned onnxruntime-genai) turns the HF folder into
+   ``<quant>/model.onnx`` + ``genai_config.json`` + tokenizer files, for fp32, fp16, int8 or int4.
+2. int4 ``gptq`` (the default): the Korean calibration chunks run through the source model
+   layer by layer and GPTQ rounds every decoder weight (``koquant.exporters.onnx.int4_gptq``); the codes replace
+   the builder's round-to-nearest ones in its MatMulNBits nodes (``koquant.exporters.onnx.matmulnbits``).
+   ``rtn`` and ``k_quant`` are the builder's own uncalibrated quantizers.
+3. Each folder is loaded with onnxruntime-genai and gated against the source: logits on held-out
+   Korean chunks (the source tokenizer's ids fed to the runtime), the source tokenizer loaded from
+   the folder, the chat template, and a 32-token greedy continuation (identical for fp32).
+   How onnxruntime-genai's own tokenizer and template engine differ is recorded, not gated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ... import procs
+from ...artifact import ArtifactFile, write_manifest
+from ...artifact.modelcard import write_model_card
+from ...errors import ExportError, RecipeError
+from ...source.checkpoint import sha256_file
+from .. import register_format
+from ..gate import compare_logits, judge
+from . import builder, genai
+from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
+from .parity import common_prefix, hf_greedy
+
+QUANTS = builder.PRECISIONS
+INT4_ALGOS = ("gptq", "rtn", "k_quant")
+DEFAULT_INT4_ALGO = "gptq"  # benchmarks/onnx_int4.md: lower KL than rtn and k_quant on the trained miniature
+GREEDY_TOKENS = 32
+GREEDY_PROMPT = 64  # held-out tokens the greedy continuation starts from
+# precisions the builder knows but koquant cannot run and validate on the CPU execution provider
+NOT_ON_CPU = {
+    "fp16": "onnxruntime-genai's builder makes fp16 graphs for GPU execution providers (CUDA, DML); on the CPU "
+            "provider its generator fails at the first decode step (onnxruntime-genai 0.18.0)",
+}
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    int4_algo: str = DEFAULT_INT4_ALGO
+    block_size: int = 32
+    accuracy_level: int = 4
+
+    @classmethod
+    def from_recipe(cls, recipe) -> "OnnxOptions":
+        params = dict(recipe.params or {})
+        unknown = sorted(set(params) - {"int4_algo", "block_size", "accuracy_level"})
+        if unknown:
+            raise RecipeError(f"unknown ONNX option(s): {', '.join(unknown)}",
+                              hint="ONNX options are int4_algo, block_size and accuracy_level")
+        algo = params.get("int4_algo")
+        if algo is None:  # no calibration asked for: the builder's plain round-to-nearest
+            algo = DEFAULT_INT4_ALGO if recipe.calib is not None else "rtn"
+        if algo not in INT4_ALGOS:
+            raise RecipeError(f"unknown int4 algorithm {algo!r}", hint="choose one of " + ", ".join(INT4_ALGOS))
+        if algo == "gptq" and recipe.calib is None and "int4" in recipe.quants:
+            raise RecipeError("--int4-algo gptq needs Korean calibration text, but calibration is off",
+                              hint="drop --no-calib, or choose --int4-algo rtn")
+        block = params.get("block_size", 32)
+        if block not in builder.BLOCK_SIZES:
+            raise RecipeError(f"block size {block} is not supported by MatMulNBits",
+                              hint="choose one of " + ", ".join(map(str, builder.BLOCK_SIZES)))
+        level = params.get("accuracy_level", 4)
+        if level not in builder.ACCURACY_LEVELS:
+            raise RecipeError(f"accuracy level {level} is not available on the CPU execution provider",
+                              hint="; ".join(f"{k}: {v}" for k, v in builder.ACCURACY_LEVELS.items()))
+        return cls(algo, block, level)
+
+
+class _SourceWeights(Mapping):
+    """``model.layers.N.<stem>`` -> the source's float weight of that fused stem, concatenated only when
+    asked for (one layer's copy at a time, not a second copy of every linear weight of the model)."""
+
+    def __init__(self, model, linears: dict):
+        self.mods = dict(model.named_modules())
+        self.linears = linears
+        self.where = {f"model.layers.{i}.{stem}": (f"model.layers.{i}", stem)
+                      for i in range(len(model.model.layers)) for stem in linears}
+
+    def __getitem__(self, key: str):
+        import torch
+
+        prefix, stem = self.where[key]
+        return torch.cat([self.mods[f"{prefix}.{n}"].weight.detach() for n in self.linears[stem]])
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+@register_format("onnx")
+class ONNXExporter:
+    default_quants = ("int4",)
+    tool_packages = ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")
+
+    def check_recipe(self, recipe) -> None:
+        unknown = [q for q in recipe.quants if q not in QUANTS]
+        if unknown:
+            raise RecipeError(f"unknown ONNX quant type(s): {', '.join(unknown)}", hint="choose from " + ", ".join(QUANTS))
+        for quant in recipe.quants:
+            if quant in NOT_ON_CPU:
+                raise RecipeError(f"{quant} ONNX export is not supported on CPU: {NOT_ON_CPU[quant]}",
+                                  hint="use fp32 for full precision, or int8/int4 for CPU")
+        OnnxOptions.from_recipe(recipe)
+        genai.check_install()
+
+    def needs_calibration(self, recipe) -> bool:
+        return "int4" in recipe.quants and OnnxOptions.from_recipe(recipe).int4_algo == "gptq"
+
+    # ------------------------------------------------------------------ export
+    def export(self, ctx) -> list[ArtifactFile]:
+        ckpt, recipe = ctx.ckpt, ctx.recipe
+        opts = OnnxOptions.from_recipe(recipe)
+        builder.check_architecture(ckpt.architecture.hf_class)
+        gptq = "int4" in recipe.quants and opts.int4_algo == "gptq"
+        if gptq:
+            _check_divisible(ckpt.config, opts.block_size)
+        files = []
+        with ctx.task("building with onnxruntime-genai's model builder", len(recipe.quants)) as advance:
+            for quant in recipe.quants:
+                folder = ctx.out / quant
+                # int4 gptq starts from the builder's round-to-nearest graph and replaces its codes
+                algo = ("rtn" if opts.int4_algo == "gptq" else opts.int4_algo) if quant == "int4" else None
+                builder.build(ctx.source_dir, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
+                                 accuracy_level=opts.accuracy_level, algo=algo, log=ctx.work / f"builder-{quant}.log")
+                af = ArtifactFile(f"{quant}/{MODEL_FILE}", quant)
+                af.notes.append(_describe(quant, opts))
+                files.append(af)
+                advance()
+        if gptq:
+            self._gptq(ctx, opts)
+        ctx.notes["onnx"] = self._runtime_parity(ctx, ctx.out / recipe.quants[0])
+        with ctx.task("validating against the source", len(files)) as advance:
+            for af in files:
+                af.validation = self.validate(ctx, ctx.out / af.quant, af.quant)
+                advance()
+        for af in files:
+            folder = ctx.out / af.quant
+            af.tensor_types = tensor_types(folder / MODEL_FILE)
+            af.size = sum((folder / n).stat().st_size for n in (MODEL_FILE, DATA_FILE) if (folder / n).is_file())
+            af.sha256 = sha256_file(folder / MODEL_FILE)
+        ctx.notes["onnx_options"] = asdict(opts)
+        return files
+
+    def _gptq(self, ctx, opts: OnnxOptions) -> None:
+        from .int4_gptq import LAYER_LINEARS, quantize_decoder
+
+        ref = ctx.reference
+        chunks = ref.calibration_chunks(ctx.calibration)
+        layers = ctx.ckpt.config["num_hidden_layers"]
+        with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
+            weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance)
+        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, LAYER_LINEARS))
+        ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                                        "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
+
+    def _runtime_parity(self, ctx, folder: Path) -> dict:
+        """onnxruntime-genai's own tokenizer and template engine against the source's (recorded, not gated)."""
+        ref, ckpt = ctx.reference, ctx.ckpt
+        parity = {"text": ref.heldout.plain_text(), "source_ids": ref.heldout_ids, "bos_id": ref.bos_id,
+                  "template": ckpt.chat_template, "bos_token": ref.tokenizer.bos_token,
+                  "eos_token": ref.tokenizer.eos_token}
+        return _run_genai(ctx, folder, {"parity": parity}, "comparing its tokenizer with the source's")["parity"]
+
+    # ------------------------------------------------------------------ gate
+    def validate(self, ctx, folder: Path, quant: str) -> dict:
+        from transformers import AutoTokenizer
+
+        ref, ckpt = ctx.reference, ctx.ckpt
+        failures = []
+        template_file = folder / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
+        template_ok = ckpt.chat_template is None or template == ckpt.chat_template
+        if not template_ok:
+            failures.append("the export's chat_template.jinja differs from the source's chat template")
+        # koquant's runtime tokenizes with the folder's tokenizer through transformers: it must give the source ids
+        folder_tok = AutoTokenizer.from_pretrained(folder, model_max_length=10**9)  # no "longer than" warning
+        same_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"]) == ref.heldout_ids
+        prompt = ref.heldout_ids[:GREEDY_PROMPT]
+        job = {"chunks": [list(map(int, c)) for c in ref.eval_chunks.ids], "prompt": prompt,
+               "new_tokens": GREEDY_TOKENS, "quant": quant, "out": str(ctx.work)}
+        run = _run_genai(ctx, folder, job, f"validating {quant}")
+        got = [np.load(f) for f in run["logits"]]
+        for f in run["logits"]:
+            Path(f).unlink()
+        runtime = run["greedy"]
+        # the greedy check needs the whole source model; loaded first, it also gives ref.logits (no layerwise pass)
+        source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, _eos_ids(folder))
+        metrics = compare_logits(ref.logits, got)
+        greedy = {"prompt_tokens": len(prompt), "new_tokens": len(source), "identical": runtime == source,
+                  "identical_prefix": common_prefix(runtime, source)}
+        if quant == "fp32" and runtime != source:
+            failures.append(f"greedy continuation differs from the source after {greedy['identical_prefix']} tokens")
+        verdict = judge(quant, metrics, same_ids, failures)
+        verdict.update(heldout_tokens=len(ref.heldout_ids), chat_template_identical=template_ok, greedy=greedy,
+                       ids_fed="source tokenizer")
+        return verdict
+
+    # ------------------------------------------------------------------ per-quant records
+    def finalize(self, ctx, manifest: dict) -> None:
+        """Add the ONNX record to the manifest and give every quant folder its own manifest and card."""
+        manifest["onnx"] = {
+            "runtime": "onnxruntime-genai",
+            "execution_provider": "cpu",
+            "options": ctx.notes.get("onnx_options", {}),
+            "folders": {f["quant"]: str(Path(f["path"]).parent) + "/" for f in manifest["files"]},
+            **ctx.notes.get("onnx", {}),
+        }
+        for f in manifest["files"]:
+            folder = Path(f["path"]).parent
+            sub = json.loads(json.dumps(manifest))
+            sub["files"] = [{**f, "path": Path(f["path"]).name}]
+            sub["onnx"]["folders"] = {f["quant"]: "./"}
+            sub["part_of"] = "../koquant.json"
+            sub["folder_files"] = {p.name: sha256_file(p) for p in sorted((ctx.out / folder).iterdir()) if p.is_file()}
+            write_manifest(ctx.out / folder, sub)
+            write_model_card(ctx.out / folder, sub)
+
+
+def _run_genai(ctx, folder: Path, job: dict, step: str) -> dict:
+    """onnxruntime-genai in a child process (``koquant.procs``): a crash in its kernels is reported, not fatal."""
+    return procs.run("koquant.exporters.onnx.genai:gate_job",
+                     {"folder": str(folder), "threads": ctx.recipe.threads, **job},
+                     backend="onnxruntime-genai", step=f"{step} ({folder.name})", work=ctx.work)
+
+
+def _describe(quant: str, opts: OnnxOptions) -> str:
+    level = f"accuracy level {opts.accuracy_level} ({builder.ACCURACY_LEVELS[opts.accuracy_level]})"
+    if quant == "int4":
+        how = {"gptq": "GPTQ on Korean calibration text", "rtn": "round-to-nearest (the builder's default quantizer)",
+               "k_quant": "k-quant (the builder's k_quant quantizer)"}[opts.int4_algo]
+        return f"int4 MatMulNBits, block {opts.block_size}, {how}, {level}"
+    if quant == "int8":
+        return f"int8 MatMulNBits, block {opts.block_size}, round-to-nearest, {level}"
+    return f"{quant} weights and activations"
+
+
+def _eos_ids(folder: Path) -> set[int]:
+    eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id")
+    return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
+
+
+def _check_divisible(config: dict, block: int) -> None:
+    heads, hidden = config["num_attention_heads"], config["hidden_size"]
+    dims = {"hidden_size": hidden, "intermediate_size": config.get("intermediate_size", hidden),
+            "num_attention_heads × head_dim": heads * (config.get("head_dim") or hidden // heads)}
+    bad = {k: v for k, v in dims.items() if v % block}
+    if bad:
+        raise RecipeError(f"GPTQ int4 needs every layer's input width divisible by the block size {block}: "
+                          + ", ".join(f"{k}={v}" for k, v in bad.items()),
+                          hint="choose a smaller --block-size, or --int4-algo rtn (the builder pads)")

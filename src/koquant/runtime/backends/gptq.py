@@ -1,0 +1,42 @@
+"""The GPTQ backend: a GPTQ v1 checkpoint run by transformers with GPTQModel's CPU kernels.
+
+It is the transformers backend with the quantized weights: ``AutoModelForCausalLM.from_pretrained
+(folder, device_map="cpu")`` reads ``quantization_config`` and swaps every quantized Linear for
+GPTQModel's kernel (optimum and gptqmodel must be installed, the ``gptq`` extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from ...errors import BackendMissingError
+from .hf import HFBackend
+from ..loader import Target, register_backend
+
+
+@register_backend("gptq")
+class GPTQBackend(HFBackend):
+    name = "transformers+gptqmodel"
+    format = "gptq"
+    options = ("threads", "n_ctx")
+
+    def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None):
+        missing = [m for m in ("gptqmodel", "optimum") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendMissingError(f"running a GPTQ checkpoint needs {' and '.join(missing)}, not installed",
+                                      hint="pip install -c constraints.txt -e '.[gptq]'")
+        # GPTQModel crashes on machines with <= 3 cores unless it has at least two CPU workers
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+        from ...exporters.gguf.llamacpp import cache_root
+
+        os.environ.setdefault("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(cache_root() / "gptqmodel-extensions"))
+        super().__init__(target, dtype="float32", threads=threads, n_ctx=n_ctx)
+
+    def _load(self, auto, target: Target, dtype):
+        return auto.from_pretrained(str(target.model), device_map="cpu", trust_remote_code=False).eval()
+
+    def describe(self) -> dict:
+        qc = getattr(self.model.config, "quantization_config", None)
+        qc = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc or {})
+        return {"bits": qc.get("bits"), "group_size": qc.get("group_size"), "desc_act": qc.get("desc_act")}
