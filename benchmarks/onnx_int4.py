@@ -45,13 +45,15 @@ def damp_sweep(model_dir: Path, damps: list[float], block: int, eval_chunks: int
 
     from koquant.quant_recipes.calibration import korean_bills, korean_constitution
     from koquant.source.checkpoint import Checkpoint
-    from koquant.exporters.onnx.int4_gptq import LAYER_LINEARS, quantize_decoder, rtn
+    from koquant.exporters.onnx.int4_gptq import quantize_decoder, rtn
     from koquant.exporters.reference import Reference
     from koquant.exporters.gate import compare_logits
 
     recipe = koquant.Recipe("onnx", ("int4",), calib_chunks=calib_chunks, eval_chunks=eval_chunks)
     ref = Reference(Checkpoint.open(model_dir), Path(model_dir), recipe, korean_constitution())
     model, chunks = ref.model, ref.calibration_chunks(korean_bills())
+    arch = ref.ckpt.architecture
+    linears = arch.onnx.linears
     mods = dict(model.named_modules())
 
     def held_out_kl(weights) -> float:
@@ -60,7 +62,7 @@ def damp_sweep(model_dir: Path, damps: list[float], block: int, eval_chunks: int
         for key, q in weights.items():
             layer, stem = key.rsplit(".", 2)[0], ".".join(key.split(".")[3:])
             deq, row = q.dequantize(), 0
-            for name in LAYER_LINEARS[stem]:
+            for name in linears[stem]:
                 mod = sm[f"{layer}.{name}"]
                 mod.weight.data = deq[row:row + mod.weight.shape[0]].clone()
                 row += mod.weight.shape[0]
@@ -69,8 +71,8 @@ def damp_sweep(model_dir: Path, damps: list[float], block: int, eval_chunks: int
                    for c in ref.eval_chunks.ids]
         return compare_logits(ref.logits, got)["kl_mean"]
 
-    baseline = {f"model.layers.{i}.{stem}": rtn(torch.cat([mods[f"model.layers.{i}.{n}"].weight for n in names]), block)
-                for i in range(model.config.num_hidden_layers) for stem, names in LAYER_LINEARS.items()}
+    baseline = {f"{arch.onnx.layer(i)}.{stem}": rtn(torch.cat([mods[f"{arch.layer(i)}.{n}"].weight for n in names]), block)
+                for i in range(model.config.num_hidden_layers) for stem, names in linears.items()}
     out = {"rtn": held_out_kl(baseline)}
     for d in damps:
         out[f"gptq damp {d:g}"] = held_out_kl(quantize_decoder(model, chunks, block, percdamp=d))

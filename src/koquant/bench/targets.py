@@ -147,6 +147,7 @@ _ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 def _hf_bytes_per_token(ckpt, dtype: str | None) -> int:
     """The source's weights as the baseline holds them (``dtype``; None: as stored)."""
+    arch = ckpt.architecture
     total, embed = 0, 0
     for name, t in ckpt.tensors.items():
         n = t.nbytes
@@ -156,9 +157,9 @@ def _hf_bytes_per_token(ckpt, dtype: str | None) -> int:
                 elements *= d
             n = elements * _ELEMENT_BYTES[dtype]
         total += n
-        if name.endswith("embed_tokens.weight"):
+        if name == f"{arch.embed}.weight":
             embed = n
-    tied = bool(ckpt.config.get("tie_word_embeddings")) or not any(n.endswith("lm_head.weight") for n in ckpt.tensors)
+    tied = bool(ckpt.config.get("tie_word_embeddings")) or f"{arch.head}.weight" not in ckpt.tensors
     return total - (0 if tied else embed)
 
 

@@ -215,12 +215,15 @@ def smoke_gptq(_job: dict) -> dict:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+    from ..source.architectures import ARCHITECTURES
+
+    llama = ARCHITECTURES["llama"]
     cfg = _tiny_llama_config()
     group, bits = 32, 4
     gen = torch.Generator().manual_seed(0)
     state = {}
     for name, p in LlamaForCausalLM(cfg).state_dict().items():
-        if name.endswith("proj.weight"):
+        if name.endswith(".weight") and llama.layer_linear(name):
             out_f, in_f = p.shape
             stem = name[: -len(".weight")]
             state[f"{stem}.qweight"] = torch.randint(-2**31, 2**31 - 1, (in_f * bits // 32, out_f), generator=gen, dtype=torch.int32)
@@ -231,7 +234,7 @@ def smoke_gptq(_job: dict) -> dict:
             state[name] = p.detach().clone()
     with tempfile.TemporaryDirectory(prefix="koquant-doctor-") as tmp:
         cfg_dict = cfg.to_dict()
-        cfg_dict["architectures"] = ["LlamaForCausalLM"]
+        cfg_dict["architectures"] = [llama.hf_class]
         cfg_dict["quantization_config"] = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": False,
                                            "sym": True, "checkpoint_format": "gptq"}
         Path(tmp, "config.json").write_text(json.dumps(cfg_dict))
@@ -241,7 +244,7 @@ def smoke_gptq(_job: dict) -> dict:
             logits = model(input_ids=torch.tensor([[1, 5, 9]])).logits
     if not torch.isfinite(logits).all():
         raise KoquantError("the GPTQ kernel returned non-finite logits")
-    layer = model.model.layers[0].self_attn.q_proj
+    layer = model.get_submodule(llama.linear_path(0))
     return {"model": "1-layer Llama, GPTQ 4-bit g32 (random)", "kernel": type(layer).__name__}
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..source.architectures import Architecture, architecture_for
+
 
 class _Captured(Exception):
     pass
@@ -71,12 +73,14 @@ _malloc_trim = None
 class LayerwiseModel:
     """A causal LM whose weights stay on disk until the layer that needs them runs."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, arch: Architecture | None = None):
+        """``arch``: the registry entry (module paths); by default the one the folder's config names."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.folder = Path(folder)
         self.config = AutoConfig.from_pretrained(self.folder)
+        self.arch = arch or architecture_for(self.config)
         with _parameters_on_meta():
             self.model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32).eval()
         self._where = self._weight_map()
@@ -122,13 +126,10 @@ class LayerwiseModel:
                     module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
         _release_freed_memory()
 
-    def _head_prefixes(self) -> tuple[str, str]:
-        return "model.norm", "lm_head"
-
     # ------------------------------------------------------------------ running
     @property
     def n_layers(self) -> int:
-        return len(self.model.model.layers)
+        return len(self.model.get_submodule(self.arch.layers))
 
     def layer_inputs(self, chunks: Sequence[Sequence[int]]) -> list[tuple]:
         """(hidden_states, kwargs) at the first decoder layer for every chunk, as the model's forward makes them."""
@@ -141,8 +142,9 @@ class LayerwiseModel:
             captured.append((hidden.detach(), dict(kwargs)))
             raise _Captured
 
-        self._load("model.embed_tokens")
-        hook = self.model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+        embed = self.arch.embed
+        self._load(embed)
+        hook = self.model.get_submodule(self.arch.layer(0)).register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with torch.inference_mode():
                 for ids in chunks:
@@ -152,7 +154,7 @@ class LayerwiseModel:
                         pass
         finally:
             hook.remove()
-            self._drop("model.embed_tokens")
+            self._drop(embed)
         return captured
 
     def run_decoder(self, chunks: Sequence[Sequence[int]], on_layer: Callable[[], None] | None = None) -> list:
@@ -161,7 +163,7 @@ class LayerwiseModel:
 
         states = self.layer_inputs(chunks)
         for i in range(self.n_layers):
-            prefix = f"model.layers.{i}"
+            prefix = self.arch.layer(i)
             self._load(prefix)
             layer = self.model.get_submodule(prefix)
             try:
@@ -182,10 +184,10 @@ class LayerwiseModel:
         import torch
 
         hidden = self.run_decoder(chunks, on_layer)
-        norm, head = self._head_prefixes()
+        norm, head = self.arch.norm, self.arch.head
         self._load(norm)
         self._load(head)
-        softcap = getattr(self.config, "final_logit_softcapping", None)
+        softcap = getattr(self.config, "final_logit_softcapping", None) if self.arch.logit_softcap else None
         out = []
         try:
             with torch.inference_mode():

@@ -13,7 +13,7 @@ from ..artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_lo
                        write_manifest)
 from ..quant_recipes.calibration import TextSet, check_disjoint, korean_constitution, load_text_set
 from ..source.checkpoint import Checkpoint
-from ..errors import ValidationError
+from ..errors import RecipeError, ValidationError
 from . import get_exporter
 from ..artifact.modelcard import write_model_card
 from ..quant_recipes.recipe import Recipe
@@ -70,6 +70,9 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
     out = Path(out)
     ckpt = Checkpoint.open(model_dir, allow_pickle=allow_pickle)
     exporter = get_exporter(recipe.fmt)
+    refusal = ckpt.architecture.refusal(recipe.fmt)
+    if refusal:
+        raise RecipeError(refusal, hint="choose --fmt " + " or ".join(ckpt.architecture.backends))
     exporter.check_recipe(recipe)
     heldout = korean_constitution()
     calibration = None
@@ -153,5 +156,5 @@ def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: st
         "generation_config": ckpt.generation_config,
         "tools": tool_versions(tool_packages),
         "files": [f.to_dict() for f in files],
-        "notes": [ckpt.architecture.notes] if ckpt.architecture.notes else [],
+        "notes": [ckpt.architecture.manifest_note] if ckpt.architecture.manifest_note else [],
     }

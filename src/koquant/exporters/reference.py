@@ -44,7 +44,7 @@ class Reference:
         """The source in float32, one decoder layer in memory at a time."""
         from .layerwise import LayerwiseModel
 
-        return LayerwiseModel(self.dir)
+        return LayerwiseModel(self.dir, self.ckpt.architecture)
 
     @cached_property
     def bos_id(self) -> int | None:

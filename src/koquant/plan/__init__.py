@@ -9,7 +9,7 @@
 Nothing here imports torch, transformers or llama.cpp; reading a plan takes milliseconds.
 """
 
-from koquant.plan.architectures import ARCHITECTURES, Weight
+from koquant.source.architectures import ARCHITECTURES, Weight
 from koquant.plan.devices import DEVICES, Device, DeviceFit, parse_size
 from koquant.plan.ggml_types import FILE_TYPES, GGML_TYPES, file_type, ggml_type, row_bytes, tensor_bytes
 from koquant.plan.gguf_check import GGUFComparison, compare_gguf

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from koquant.plan.architectures import Weight
+from koquant.source.architectures import Weight
 from koquant.plan.ggml_types import FileType, file_type, ggml_type
 
 __all__ = ["TensorChoice", "MixContext", "choose_types", "category"]

@@ -3,7 +3,7 @@
 A GGUF file is a 24-byte header, the key/value metadata, one info record per tensor
 (name, dimensions, type, offset), padding to the 32-byte alignment, and the tensor data with
 each tensor padded to 32 bytes. The tensors and their types come from
-:mod:`koquant.plan.architectures` and :mod:`koquant.plan.gguf_mix`; the metadata is the
+:mod:`koquant.source.architectures` and :mod:`koquant.plan.gguf_mix`; the metadata is the
 tokenizer (:mod:`koquant.plan.vocab_footprint`) plus about thirty small hyper-parameter keys.
 
 The plan assumes the usual pipeline: ``convert_hf_to_gguf.py --outtype f16`` (or bf16) then
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from koquant.plan.architectures import Weight, weights
+from koquant.source.architectures import Weight, weights
 from koquant.plan.ggml_types import FILE_TYPES, file_type, tensor_bytes
 from koquant.plan.gguf_mix import MixContext, choose_types
 from koquant.plan.model_spec import ModelSpec

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from koquant.errors import CheckpointError
-from koquant.plan.architectures import ARCHITECTURES, architecture_for, weights
+from koquant.source.architectures import ARCHITECTURES, architecture_for, weights
 from koquant.plan.vocab_footprint import VocabFootprint, estimated_footprint, footprint_from_dir
 
 __all__ = ["ModelSpec", "CONFIG_KEYS", "spec_from_config", "spec_from_path", "load_config"]

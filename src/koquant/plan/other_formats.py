@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from koquant.errors import RecipeError
-from koquant.plan.architectures import Weight, weights
+from koquant.source.architectures import Weight, weights
 from koquant.plan.model_spec import ModelSpec
 
 __all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source", "GPTQ_BITS", "ONNX_PRECISIONS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from koquant.errors import CheckpointError, RecipeError
@@ -22,6 +22,7 @@ from koquant.plan.gguf_size import GGUFPlan, plan_gguf
 from koquant.plan.model_spec import ModelSpec, spec_from_config, spec_from_path
 from koquant.plan.other_formats import FormatPlan, plan_gptq, plan_onnx, plan_source
 from koquant.plan.presets import PRESETS, preset_spec
+from koquant.source.architectures import BACKENDS
 
 __all__ = ["Export", "RuntimeEstimate", "Plan", "plan", "resolve_source", "DEFAULT_CTX", "GPTQ_VARIANTS", "SCHEMA"]
 
@@ -50,7 +51,10 @@ ASSUMPTIONS = (
 
 @dataclass(frozen=True)
 class Export:
-    """One planned export. ``weight_bytes`` is what the runtime keeps resident for weights."""
+    """One planned export. ``weight_bytes`` is what the runtime keeps resident for weights.
+
+    ``available``: ``koquant export`` can make it for this architecture (its notes say why not).
+    """
 
     format: str
     variant: str
@@ -60,6 +64,7 @@ class Export:
     bits_per_weight: float
     notes: tuple[str, ...]
     detail: GGUFPlan | FormatPlan
+    available: bool = True
 
     @property
     def key(self) -> str:
@@ -75,6 +80,7 @@ class Export:
             "weight_bytes": self.weight_bytes,
             "bits_per_weight": round(self.bits_per_weight, 4),
             "notes": list(self.notes),
+            "available": self.available,
         }
         det = self.detail
         if isinstance(det, GGUFPlan):
@@ -251,6 +257,15 @@ def _other_exports(spec: ModelSpec, gptq: Sequence[tuple[int, int]], onnx: Seque
     return out
 
 
+def _mark_unavailable(spec: ModelSpec, exports: list[Export]) -> list[Export]:
+    """Exports of a format whose exporter does not support the architecture, marked with the reason."""
+    out = []
+    for e in exports:
+        why = spec.architecture.refusal(e.format) if e.format in BACKENDS else None
+        out.append(e if why is None else replace(e, available=False, notes=(*e.notes, why)))
+    return out
+
+
 def plan(
     source,
     *,
@@ -275,7 +290,7 @@ def plan(
     kv_type = kvmod.check_kv_type(kv_type)
     devices = _devices(device, ram)
     types = [file_type(t).name for t in gguf_types] if gguf_types is not None else list(FILE_TYPES)
-    exports = _gguf_exports(spec, types, imatrix) + _other_exports(spec, gptq, onnx)
+    exports = _mark_unavailable(spec, _gguf_exports(spec, types, imatrix) + _other_exports(spec, gptq, onnx))
     compute = kvmod.compute_buffer_bytes(spec)
     runtime = []
     for e in exports:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koquant.errors import RecipeError
+from koquant.source.architectures import architecture
 from koquant.plan.model_spec import ModelSpec, spec_from_config
 from koquant.plan.vocab_footprint import VocabFootprint
 
@@ -33,7 +34,7 @@ class Preset:
 def _llama_like(arch: str, layers: int, vocab: int, max_pos: int, theta: float, **extra) -> dict:
     cfg = {
         "architectures": [arch],
-        "model_type": {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}[arch],
+        "model_type": architecture(arch).model_type,
         "num_hidden_layers": layers,
         "hidden_size": 4096,
         "intermediate_size": 14336,

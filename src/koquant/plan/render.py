@@ -103,7 +103,7 @@ def render(plan: Plan, console=None, *, show: Sequence[str] | None = None, all_d
             for f in plan.ram(e.key, top).fits:
                 text = compact_bytes(f.headroom_bytes, signed=True)
                 row.append(f"[green]{text}[/green]" if f.fits else f"[red]{text}[/red]")
-        table.add_row(*row)
+        table.add_row(*row, style=None if e.available else "dim")
     console.print(table)
     for n, keys in notes.items():
         console.print(f"* {', '.join(keys)}: {n}")

@@ -6,13 +6,12 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .architectures import Architecture, resolve_architecture
+from .architectures import Architecture, Dims, resolve_architecture
 from ..errors import CheckpointError, UnsafeInputError
 from .safetensors import TensorInfo, _is_int, read_safetensors_header
 
@@ -45,7 +44,6 @@ CONFIG_BOUNDS = {
 POSITIVE_FLOATS = ("rope_theta", "rms_norm_eps")
 MAX_JSON_BYTES = 16 * 1024 * 1024  # config, tokenizer_config, index, generation_config, ...
 MAX_TOKENIZER_JSON_BYTES = 512 * 1024 * 1024  # tokenizer.json of a 256k vocabulary is ~35 MiB
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -117,23 +115,9 @@ def check_config(config: dict) -> None:
             "and no head_dim is given", hint="fix hidden_size or num_attention_heads, or add head_dim")
 
 
-def expected_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    """The safetensors shape (out, in) of every weight config.json implies (Llama, Mistral and Gemma layouts)."""
-    hidden, vocab, heads = cfg["hidden_size"], cfg["vocab_size"], cfg["num_attention_heads"]
-    head_dim = cfg.get("head_dim") or hidden // heads
-    kv = cfg.get("num_key_value_heads") or heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden),
-              "model.norm.weight": (hidden,)}
-    per_layer = {"self_attn.q_proj.weight": (heads * head_dim, hidden), "self_attn.k_proj.weight": (kv * head_dim, hidden),
-                 "self_attn.v_proj.weight": (kv * head_dim, hidden), "self_attn.o_proj.weight": (hidden, heads * head_dim),
-                 "input_layernorm.weight": (hidden,), "post_attention_layernorm.weight": (hidden,)}
-    inter = cfg.get("intermediate_size")
-    if inter is not None:
-        per_layer.update({"mlp.gate_proj.weight": (inter, hidden), "mlp.up_proj.weight": (inter, hidden),
-                          "mlp.down_proj.weight": (hidden, inter)})
-    for i in range(cfg["num_hidden_layers"]):
-        shapes.update({f"model.layers.{i}.{k}": v for k, v in per_layer.items()})
-    return shapes
+def expected_shapes(cfg: dict, arch: Architecture) -> dict[str, tuple[int, ...]]:
+    """The safetensors shape (out, in) of every weight config.json implies, in the layout of ``arch``."""
+    return arch.hf_shapes(Dims.from_config(cfg), cfg["vocab_size"], cfg["num_hidden_layers"])
 
 
 def describe_config(cfg: dict) -> str:
@@ -252,14 +236,14 @@ class Checkpoint:
         if not self.tensors:
             return
         cfg = self.config
-        layers = {int(m.group(1)) for n in self.tensors if (m := _LAYER.match(n))}
+        layers = {split[0] for n in self.tensors if (split := self.architecture.split_layer(n))}
         if layers != set(range(cfg["num_hidden_layers"])):
             held = f"layers {min(layers)}-{max(layers)}" if layers else "no decoder layers"
             raise CheckpointError(
                 f"config.json says num_hidden_layers={cfg['num_hidden_layers']} but the weights hold {held}",
                 hint="fix num_hidden_layers in config.json, or use the weights that belong to this config",
             )
-        for name, shape in expected_shapes(cfg).items():
+        for name, shape in expected_shapes(cfg, self.architecture).items():
             info = self.tensors.get(name)
             if info is not None and info.shape != shape:
                 raise CheckpointError(
@@ -270,7 +254,7 @@ class Checkpoint:
 
     def _check_vocab(self) -> None:
         vocab = self.config["vocab_size"]
-        embed = next((t for n, t in self.tensors.items() if n.endswith("embed_tokens.weight")), None)
+        embed = self.tensors.get(f"{self.architecture.embed}.weight")
         if embed is not None and embed.shape[0] != vocab:
             raise CheckpointError(
                 f"vocab size mismatch: config.json says vocab_size={vocab} but the embedding has {embed.shape[0]} rows",

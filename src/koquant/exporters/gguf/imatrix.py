@@ -8,14 +8,11 @@ the two agree on the same text and chunking.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...source.architectures import Architecture
-
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
 @dataclass
@@ -32,13 +29,6 @@ class Imatrix:
 
     def names(self) -> list[str]:
         return sorted(self.sum2)
-
-
-def gguf_name(hf_module: str, arch: Architecture) -> str | None:
-    m = _LAYER.match(hf_module)
-    if not m or m.group(2) not in arch.linear_names:
-        return None
-    return f"blk.{m.group(1)}.{arch.linear_names[m.group(2)]}.weight"
 
 
 def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix:
@@ -71,7 +61,7 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
     hf = model.model if isinstance(model, LayerwiseModel) else model
     for mod_name, module in hf.named_modules():
         if isinstance(module, torch.nn.Linear):
-            gname = gguf_name(mod_name, arch)
+            gname = arch.gguf_linear(mod_name)
             if gname:
                 hooks.append(module.register_forward_pre_hook(make_hook(gname)))
     if not hooks:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import BackendMissingError, ExportError
+from ...source.architectures import ARCHITECTURES, GGUF_EMBED, GGUF_HEAD, GGUF_LAYERS, GGUF_NORM, Dims
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
@@ -487,17 +488,17 @@ def write_llama_gguf(path: Path, *, hidden: int, ff: int, heads: int, layers: in
     def ones(name):
         w.add_tensor(name, np.ones(hidden, dtype=np.float32))
 
-    rand("token_embd.weight", len(tokens), hidden)
-    ones("output_norm.weight")
-    rand("output.weight", len(tokens), hidden)
+    llama = ARCHITECTURES["llama"]
+    widths = llama.linear_widths(Dims(hidden, ff, hidden, hidden))  # as many key/value heads as heads
+    rand(f"{GGUF_EMBED}.weight", len(tokens), hidden)
+    ones(f"{GGUF_NORM}.weight")
+    rand(f"{GGUF_HEAD}.weight", len(tokens), hidden)
     for i in range(layers):
-        ones(f"blk.{i}.attn_norm.weight")
-        ones(f"blk.{i}.ffn_norm.weight")
-        for n in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            rand(f"blk.{i}.{n}.weight", hidden, hidden)
-        rand(f"blk.{i}.ffn_gate.weight", ff, hidden)
-        rand(f"blk.{i}.ffn_up.weight", ff, hidden)
-        rand(f"blk.{i}.ffn_down.weight", hidden, ff)
+        for norm in llama.norms:
+            ones(f"{GGUF_LAYERS}.{i}.{norm.gguf}.weight")
+        for lin in llama.linears:
+            cols, rows = widths[lin.hf]
+            rand(f"{GGUF_LAYERS}.{i}.{lin.gguf}.weight", rows, cols)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -23,10 +23,11 @@ import math
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ...artifact import ArtifactFile
+from ...source.architectures import ARCHITECTURES, Architecture, Dims
 from ...source.checkpoint import sha256_file
 from ... import procs
 from ...errors import BackendMissingError, ExportError, KoquantError, RecipeError
@@ -124,40 +125,37 @@ def check_install() -> str:
     return version
 
 
-def layer_widths(config: dict) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each decoder Linear, from config.json."""
-    hidden, heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    kv = config.get("num_key_value_heads") or heads
-    inter = config.get("intermediate_size") or 4 * hidden
-    return {
-        "self_attn.q_proj": (hidden, heads * head_dim),
-        "self_attn.k_proj": (hidden, kv * head_dim),
-        "self_attn.v_proj": (hidden, kv * head_dim),
-        "self_attn.o_proj": (heads * head_dim, hidden),
-        "mlp.gate_proj": (hidden, inter),
-        "mlp.up_proj": (hidden, inter),
-        "mlp.down_proj": (inter, hidden),
-    }
+def _layout(arch: Architecture | None) -> Architecture:
+    """The registry entry whose layer layout applies (default: the Llama layout every exported family shares)."""
+    return arch or ARCHITECTURES["llama"]
 
 
-def check_shapes(config: dict, opts: GPTQOptions) -> None:
+def layer_widths(config: dict, arch: Architecture | None = None) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each decoder Linear of ``arch``, from config.json."""
+    dims = Dims.from_config(config)
+    if dims.intermediate is None:
+        dims = replace(dims, intermediate=4 * dims.hidden)
+    return _layout(arch).linear_widths(dims)
+
+
+def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = None) -> None:
     """Refuse a recipe whose checkpoint would save but fail to load, naming the layer and what would work."""
-    widths = layer_widths(config)
+    widths = layer_widths(config, arch)
+    layers = _layout(arch).layers
     pack = 32 // opts.bits  # values per int32 in qweight (along in_features) and qzeros (along out_features)
     if opts.group_size > 0:
         bad = {name: i for name, (i, _) in widths.items() if i % opts.group_size}
         if bad:
             ok = [g for g in GROUP_SIZES if g < 0 or all(i % g == 0 for i, _ in widths.values())]
-            layers = ", ".join(f"model.layers.*.{n} (in_features {i})" for n, i in bad.items())
+            names = ", ".join(f"{layers}.*.{n} (in_features {i})" for n, i in bad.items())
             raise RecipeError(
-                f"group size {opts.group_size} does not divide the input width of {layers}; GPTQModel would save "
+                f"group size {opts.group_size} does not divide the input width of {names}; GPTQModel would save "
                 "such a checkpoint, but its kernels and vLLM/exllama fail to load it",
                 hint="group sizes that work for this model: " + ", ".join(map(str, ok)))
     bad = {name: (i, o) for name, (i, o) in widths.items() if i % pack or o % pack}
     if bad:
-        layers = ", ".join(f"model.layers.*.{n} ({i}x{o})" for n, (i, o) in bad.items())
-        raise RecipeError(f"{opts.bits}-bit GPTQ packs {pack} values per int32, which does not divide {layers}",
+        names = ", ".join(f"{layers}.*.{n} ({i}x{o})" for n, (i, o) in bad.items())
+        raise RecipeError(f"{opts.bits}-bit GPTQ packs {pack} values per int32, which does not divide {names}",
                           hint="use --fmt gguf or --fmt onnx for this model")
 
 
@@ -179,7 +177,7 @@ class GPTQExporter:
     # ------------------------------------------------------------------ export
     def export(self, ctx) -> list[ArtifactFile]:
         opts = GPTQOptions.from_recipe(ctx.recipe)
-        check_shapes(ctx.ckpt.config, opts)
+        check_shapes(ctx.ckpt.config, opts, ctx.ckpt.architecture)
         ref = ctx.reference
         chunks = ref.calibration_chunks(ctx.calibration)
         saved = ctx.work / "gptqmodel-out"

@@ -40,9 +40,11 @@ def logits(job: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from koquant.source.architectures import architecture_for
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(job["folder"], device_map="cpu").eval()
-    layer = model.model.layers[0].self_attn.q_proj
+    layer = model.get_submodule(architecture_for(model.config).linear_path(0))
     out = []
     with torch.inference_mode():
         for ids in job["ids"]:

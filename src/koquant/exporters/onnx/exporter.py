@@ -25,6 +25,7 @@ from ... import procs
 from ...artifact import ArtifactFile, write_manifest
 from ...artifact.modelcard import write_model_card
 from ...errors import ExportError, RecipeError
+from ...source.architectures import Architecture
 from ...source.checkpoint import sha256_file
 from .. import register_format
 from ..gate import compare_logits, judge
@@ -77,14 +78,15 @@ class OnnxOptions:
 
 
 class _SourceWeights(Mapping):
-    """``model.layers.N.<stem>`` -> the source's float weight of that fused stem, concatenated only when
-    asked for (one layer's copy at a time, not a second copy of every linear weight of the model)."""
+    """``<layer>.<stem>`` (the builder's name of a layer MatMulNBits) -> the source's float weight of that
+    fused stem, concatenated only when asked for (one layer's copy at a time, not a second copy of every
+    linear weight of the model)."""
 
-    def __init__(self, model, linears: dict):
+    def __init__(self, model, arch: Architecture):
         self.mods = dict(model.named_modules())
-        self.linears = linears
-        self.where = {f"model.layers.{i}.{stem}": (f"model.layers.{i}", stem)
-                      for i in range(len(model.model.layers)) for stem in linears}
+        self.linears = arch.onnx.linears
+        self.where = {f"{arch.onnx.layer(i)}.{stem}": (arch.layer(i), stem)
+                      for i in range(len(model.get_submodule(arch.layers))) for stem in self.linears}
 
     def __getitem__(self, key: str):
         import torch
@@ -154,14 +156,14 @@ class ONNXExporter:
         return files
 
     def _gptq(self, ctx, opts: OnnxOptions) -> None:
-        from .int4_gptq import LAYER_LINEARS, quantize_decoder
+        from .int4_gptq import quantize_decoder
 
-        ref = ctx.reference
+        ref, arch = ctx.reference, ctx.ckpt.architecture
         chunks = ref.calibration_chunks(ctx.calibration)
         layers = ctx.ckpt.config["num_hidden_layers"]
         with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
-            weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance)
-        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, LAYER_LINEARS))
+            weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance, arch=arch)
+        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, arch), arch.onnx)
         ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                         "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
 

@@ -16,15 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# builder MatMulNBits weight stem (inside ``model.layers.N.``) -> HF Linear submodules, in the
-# order the builder concatenates them along the output dimension
-LAYER_LINEARS: dict[str, tuple[str, ...]] = {
-    "attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-    "attn.o_proj": ("self_attn.o_proj",),
-    "mlp.gate_proj": ("mlp.gate_proj",),
-    "mlp.up_proj": ("mlp.up_proj",),
-    "mlp.down_proj": ("mlp.down_proj",),
-}
+from ...source.architectures import Architecture, architecture_for
+
 # Dampening added to the Hessian diagonal, as a fraction of its mean. The paper's 0.01 fits the
 # calibration text's activations too closely: on the miniatures (trained on that very text) it loses
 # to round-to-nearest on held-out Korean for the longest-trained one; 1.0 wins on every family
@@ -114,11 +107,7 @@ class _Captured(Exception):
     pass
 
 
-def _decoder_layers(model):
-    return model.model.layers
-
-
-def _capture_layer_inputs(model, chunks) -> list[tuple]:
+def _capture_layer_inputs(model, layers, chunks) -> list[tuple]:
     """(hidden_states, kwargs) at the first decoder layer, for every calibration chunk."""
     import torch
 
@@ -129,7 +118,7 @@ def _capture_layer_inputs(model, chunks) -> list[tuple]:
         captured.append((hidden.detach(), dict(kwargs)))
         raise _Captured
 
-    hook = _decoder_layers(model)[0].register_forward_pre_hook(grab, with_kwargs=True)
+    hook = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
     try:
         with torch.inference_mode():
             for ids in chunks.ids:
@@ -153,21 +142,26 @@ def _run_layer(layer, inputs):
     return out
 
 
-def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float = PERCDAMP) -> dict[str, Int4Weight]:
+def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float = PERCDAMP,
+                     arch: Architecture | None = None) -> dict[str, Int4Weight]:
     """GPTQ every decoder-layer Linear of ``model`` on the calibration ``chunks``, layer by layer.
 
-    Returns ``{"model.layers.N.<stem>": Int4Weight}`` with stems from :data:`LAYER_LINEARS`.
+    Returns ``{"<layer>.<stem>": Int4Weight}``, keyed like the builder's MatMulNBits weights
+    (``arch.onnx``: the registry entry's builder names; by default the entry ``model.config`` names).
     The model's own weights are left exactly as they were.
     """
     import torch
 
-    inputs = _capture_layer_inputs(model, chunks)
+    arch = arch or architecture_for(model.config)
+    layers = model.get_submodule(arch.layers)
+    linears = arch.onnx.linears
+    inputs = _capture_layer_inputs(model, layers, chunks)
     result: dict[str, Int4Weight] = {}
-    for i, layer in enumerate(_decoder_layers(model)):
+    for i, layer in enumerate(layers):
         mods = dict(layer.named_modules())
         hess: dict[str, torch.Tensor] = {}
         hooks = []
-        for stem, names in LAYER_LINEARS.items():
+        for stem, names in linears.items():
             def acc(module, args, stem=stem):
                 x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
                 hess[stem] = hess.get(stem, 0) + 2 * (x.T @ x)
@@ -179,10 +173,10 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                 h.remove()
         tokens = sum(h.shape[0] * h.shape[1] for h, _ in inputs)
         originals = {}
-        for stem, names in LAYER_LINEARS.items():
+        for stem, names in linears.items():
             weight = torch.cat([mods[nm].weight.detach() for nm in names], dim=0)
             q = gptq(weight, hess[stem] / tokens, block, percdamp)
-            result[f"model.layers.{i}.{stem}"] = q
+            result[f"{arch.onnx.layer(i)}.{stem}"] = q
             deq, row = q.dequantize(), 0
             for nm in names:
                 rows = mods[nm].weight.shape[0]

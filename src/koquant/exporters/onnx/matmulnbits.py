@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ExportError
+from ...source.architectures import OnnxNames
 
-_LAYER_WEIGHT = re.compile(r"^model\.layers\.(\d+)\.(.+)\.MatMul\.weight_Q4$")
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
@@ -36,27 +36,29 @@ def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def layer_weight_nodes(model) -> dict[str, tuple]:
-    """``model.layers.N.<stem>`` -> (node, B initializer, scales initializer) for every layer MatMulNBits."""
+def layer_weight_nodes(model, names: OnnxNames) -> dict[str, tuple]:
+    """``<layer>.<stem>`` -> (node, B initializer, scales initializer) for every layer MatMulNBits,
+    ``<layer>`` as the builder names the layers of the architecture (``names``, from its registry entry)."""
+    weight = re.compile(rf"^{re.escape(names.layers)}\.(\d+)\.(.+)\.MatMul\.weight_Q4$")
     inits = {i.name: i for i in model.graph.initializer}
     out = {}
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
-        m = _LAYER_WEIGHT.match(node.input[1])
+        m = weight.match(node.input[1])
         if m is None:
             continue
         if len(node.input) > 3 and node.input[3]:
             raise ExportError(f"{node.name} has a zero-point input; koquant writes symmetric int4 only",
                               hint="report this: the builder's default int4 graph changed")
-        out[f"model.layers.{m.group(1)}.{m.group(2)}"] = (node, inits[node.input[1]], inits[node.input[2]])
+        out[f"{names.layer(int(m.group(1)))}.{m.group(2)}"] = (node, inits[node.input[1]], inits[node.input[2]])
     return out
 
 
-def rewrite_int4(folder: Path, weights: dict, reference: dict) -> None:
+def rewrite_int4(folder: Path, weights: dict, reference: dict, names: OnnxNames) -> None:
     """Replace the codes and scales of every layer MatMulNBits in ``folder/model.onnx`` with ``weights``.
 
-    ``weights`` maps ``model.layers.N.<stem>`` to an object with ``codes`` [N, K] and ``scales``
+    ``weights`` maps ``<layer>.<stem>`` (see :func:`layer_weight_nodes`) to an object with ``codes`` [N, K] and ``scales``
     [N, K/block] (torch or numpy). ``reference`` maps the same keys to the float weights [N, K]
     they approximate: the builder's own int4 values must be close to them, which proves the
     mapping from HF modules to graph nodes (and the q/k/v order) before anything is replaced.
@@ -66,7 +68,7 @@ def rewrite_int4(folder: Path, weights: dict, reference: dict) -> None:
 
     path = folder / MODEL_FILE
     model = onnx.load(str(path))
-    nodes = layer_weight_nodes(model)
+    nodes = layer_weight_nodes(model, names)
     if set(nodes) != set(weights):
         raise ExportError(
             "the builder's int4 graph does not have the layer weights koquant quantized: "
