@@ -21,7 +21,6 @@ BUILDER_ARCHITECTURES = {
     "MistralForCausalLM": "MistralModel",
     "GemmaForCausalLM": "GemmaModel",
 }
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits block sizes the builder accepts
 ACCURACY_LEVELS = {1: "fp32 activations", 4: "int8 activations, the CPU default and fastest"}
 # koquant's name -> the builder's algo_config for its own MatMulNBits pass
