@@ -175,7 +175,7 @@ def test_gemma_tied_quirks():
     assert "output.weight" not in types
     assert types["token_embd.weight"] == "Q6_K"  # quantized like an output tensor
     p = plan("gemma-ko-2b", gguf_types=["Q8_0"])
-    assert any("stored once" in n for n in p.export("gptq:4bit-g128").notes)
+    assert any("stored once" in n for n in p.export("gptq:w4g128").notes)
 
 
 def _minimal_config(arch) -> dict:
@@ -245,7 +245,7 @@ def test_mistral_sliding_window_per_runtime():
     # transformers keeps only the window ...
     assert p.ram("source:bf16", 8192).kv_bytes == 512 * MiB
     assert p.ram("source:bf16", 8192).kv_window == 4096
-    assert p.ram("gptq:4bit-g128", 2048).kv_bytes == 256 * MiB
+    assert p.ram("gptq:w4g128", 2048).kv_bytes == 256 * MiB
     # ... llama.cpp runs Mistral as Llama, with full attention
     assert p.ram("gguf:Q4_K_M", 8192).kv_bytes == 1 * GiB
     assert p.ram("gguf:Q4_K_M", 8192).kv_window is None
@@ -329,8 +329,10 @@ def test_gptq_layout_arithmetic():
     # embedding + lm_head + 3 norms stay 16-bit
     assert p.parts["16-bit"] == (2 * 1000 * 256 + 3 * 256) * 2
     assert plan_gptq(spec, bits=8, group_size=128).parts["qweight"] == 2 * p.parts["qweight"]
-    with pytest.raises(RecipeError):
-        plan_gptq(spec, bits=5)
+    assert (p.variant, plan_gptq(spec, bits=8, group_size=-1).variant) == ("w4g128", "w8")  # export's names
+    for bits, group in ((5, 128), (3, 128), (4, 100)):  # widths and groups export refuses, plan refuses too
+        with pytest.raises(RecipeError):
+            plan_gptq(spec, bits=bits, group_size=group)
 
 
 def test_onnx_layout_arithmetic():
@@ -342,9 +344,14 @@ def test_onnx_layout_arithmetic():
     assert int4.parts["int4 zero points"] == 0  # symmetric
     assert int4.parts["float weights"] == (1000 * 256 + 3 * 256) * 4  # embedding + norms in fp32
     assert int4.parts["rotary caches"] == 2 * 128 * 32 * 4
-    fp16 = plan_onnx(spec, "fp16")
-    assert fp16.parts["float weights"] == spec.n_params * 2
+    int8 = plan_onnx(spec, "int8")
+    assert int8.parts["int8 weights"] == linear_elems  # one byte per value
+    assert int8.parts["int8 scales"] == int4.parts["int4 scales"]
+    assert int8.parts["float weights"] == int4.parts["float weights"]
     assert plan_onnx(spec, "int4", symmetric=False).parts["int4 zero points"] > 0
+    assert plan_onnx(spec, "fp32").parts["float weights"] == spec.n_params * 4
+    with pytest.raises(RecipeError, match="not supported on CPU"):  # export refuses fp16 on CPU: plan does not offer it
+        plan_onnx(spec, "fp16")
 
 
 # --------------------------------------------------------------------------- bad input
@@ -535,7 +542,7 @@ def test_cli_json_shape_and_speed():
     assert d["model"]["name"] == "ocelot-10.8b" and d["model"]["n_layers"] == 48
     keys = [e["key"] for e in d["exports"]]
     assert {f"gguf:{t}" for t in FILE_TYPES} <= set(keys)
-    assert {"gptq:4bit-g128", "onnx:fp32", "onnx:fp16", "onnx:int4", "source:bf16"} <= set(keys)
+    assert {"gptq:w4g128", "onnx:fp32", "onnx:int8", "onnx:int4", "source:bf16"} <= set(keys)
     e = next(e for e in d["exports"] if e["key"] == "gguf:Q4_K_M")
     assert {
         "file_bytes",
@@ -727,7 +734,7 @@ def test_reader_on_generated_file(gguf_dir):
     assert cmp.ftype == "F16" and cmp.types_ok and cmp.size_ok()
 
 
-QUANT_TYPES = ("Q4_K_M", "Q8_0", "IQ4_XS", "Q3_K_M", "Q5_K_M", "Q2_K")
+QUANT_TYPES = ("Q4_K_M", "Q8_0", "IQ4_XS", "Q3_K_M", "Q5_K_M", "Q2_K", "TQ2_0", "TQ1_0")
 
 
 @pytest.mark.parametrize("name", sorted(MINIATURES))

@@ -124,9 +124,9 @@ def main_export(args: argparse.Namespace) -> int:
         params = _format_params(args)
         quants = args.quant
         if args.fmt == "gptq" and quants is None:
-            from ..exporters.gptq.exporter import quant_name
+            from ..quant_recipes.gptq import DEFAULT, quant_name
 
-            quants = (quant_name(params.get("bits", 4), params.get("group_size", 128)),)
+            quants = (quant_name(params.get("bits", DEFAULT.bits), params.get("group_size", DEFAULT.group_size)),)
         recipe = Recipe(
             fmt=args.fmt, quants=_quants_for(args.fmt, quants), params=params,
             calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,

@@ -75,7 +75,7 @@ def _parse_ctx(text: str) -> list[int]:
 
 
 def _gguf_types(arg: str | None, for_json: bool) -> list[str] | None:
-    from koquant.plan.ggml_types import FILE_TYPES, file_type
+    from koquant.quant_recipes.gguf import FILE_TYPES, file_type
     from koquant.plan.render import COMMON_GGUF_TYPES
 
     if arg is None:

@@ -2,61 +2,38 @@
 
 Metrics per export, over held-out Korean chunks fed as identical token ids:
 ``top1`` (fraction of positions with the same argmax), ``kl_mean`` / ``kl_p99`` / ``kl_max``
-(KL(source || export) in nats), ``max_abs_diff`` of the raw logits. Each quant type has
-thresholds; an export outside them fails and is not written.
+(KL(source || export) in nats), ``max_abs_diff`` of the raw logits. Each quant type's thresholds
+are its row in :mod:`koquant.quant_recipes` (``gguf``, ``gptq``, ``onnx``); an export outside them fails
+and is not written.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-from ..errors import ValidationError
+from ..errors import RecipeError, ValidationError
+from ..quant_recipes import gguf, gptq, onnx
+from ..quant_recipes.thresholds import Thresholds
 
+__all__ = ["Thresholds", "THRESHOLDS", "thresholds_for", "compare_logits", "judge"]
 
-@dataclass(frozen=True)
-class Thresholds:
-    top1_min: float
-    kl_mean_max: float
-    max_abs_max: float | None = None
-
-
-# Bounds that healthy exports meet with room to spare and broken ones (wrong tokenizer, rope,
-# norm or garbage weights: KL >> 1) never do. For scale, llama.cpp's own Llama-3-8B numbers
-# (mean KL vs F16): Q8_0 0.0014, Q6_K 0.0055, Q5_K_M 0.011, Q4_K_M 0.028, IQ4_XS 0.036,
-# Q3_K_M 0.084; the bounds are about three times those.
+# every quant type koquant exports -> its bounds, read from the formats' tables (one row per type there)
 THRESHOLDS: dict[str, Thresholds] = {
-    "F32": Thresholds(1.0, 1e-6, 1e-3),
-    "F16": Thresholds(0.999, 1e-4, 1e-2),
-    "BF16": Thresholds(0.98, 1e-3, 1e-1),
-    "Q8_0": Thresholds(0.95, 1e-2),
-    "Q6_K": Thresholds(0.93, 3e-2),
-    # ONNX precisions (lower-case): fp32 as strict as F32; int8 and int4 are MatMulNBits block quants,
-    # bounded like Q8_0 and Q4_*
-    "fp32": Thresholds(1.0, 1e-6, 1e-3),
-    "int8": Thresholds(0.95, 1e-2),
-    "int4": Thresholds(0.85, 1e-1),
+    **{name: t.thresholds for name, t in gguf.FILE_TYPES.items()},
+    **{name: v.thresholds for name, v in gptq.VARIANTS.items()},
+    **{name: p.thresholds for name, p in onnx.PRECISIONS.items() if p.thresholds is not None},
 }
-_BY_BITS = [
-    # GPTQ (w<bits>g<group>): 8-bit bounded like Q8_0, 4-bit like Q4_*
-    (("w8",), Thresholds(0.95, 1e-2)),
-    (("w4",), Thresholds(0.85, 1e-1)),
-    (("Q5_",), Thresholds(0.90, 5e-2)),
-    (("Q4_", "IQ4_"), Thresholds(0.85, 1e-1)),
-    (("Q3_", "IQ3_"), Thresholds(0.75, 3e-1)),
-    (("Q2_", "IQ2_"), Thresholds(0.60, 1.0)),
-    (("IQ1_", "TQ"), Thresholds(0.40, 2.0)),
-]
 
 
 def thresholds_for(quant: str) -> Thresholds:
-    if quant in THRESHOLDS:
-        return THRESHOLDS[quant]
-    for prefixes, th in _BY_BITS:
-        if quant.startswith(prefixes):
-            return th
-    return Thresholds(0.5, 0.5)
+    """The bounds of ``quant``; a quant type without a row has none (no looser default)."""
+    found = THRESHOLDS.get(quant)
+    if found is None:
+        raise RecipeError(f"koquant has no validation thresholds for quant type {quant!r}",
+                          hint="quant types with thresholds: " + ", ".join(THRESHOLDS))
+    return found
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,6 @@ Nothing here imports torch, transformers or llama.cpp; reading a plan takes mill
 
 from koquant.source.architectures import ARCHITECTURES, Weight
 from koquant.plan.devices import DEVICES, Device, DeviceFit, parse_size
-from koquant.plan.ggml_types import FILE_TYPES, GGML_TYPES, file_type, ggml_type, row_bytes, tensor_bytes
 from koquant.plan.gguf_check import GGUFComparison, compare_gguf
 from koquant.plan.gguf_reader import GGUFFile, GGUFTensorInfo, gguf_tensors, read_gguf
 from koquant.plan.gguf_size import GGUFPlan, GGUFTensorPlan, plan_gguf
@@ -21,6 +20,7 @@ from koquant.plan.other_formats import FormatPlan, plan_gptq, plan_onnx, plan_so
 from koquant.plan.planner import DEFAULT_CTX, Export, Plan, RuntimeEstimate, plan, resolve_source
 from koquant.plan.presets import PRESETS, SEED_IDS, preset, preset_spec
 from koquant.plan.vocab_footprint import VocabFootprint
+from koquant.quant_recipes.gguf import FILE_TYPES, GGML_TYPES, file_type, ggml_type, row_bytes, tensor_bytes
 
 __all__ = [
     "plan",

@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass
 
 from koquant.errors import CheckpointError
-from koquant.plan.ggml_types import FILE_TYPES
 from koquant.plan.gguf_reader import read_gguf
 from koquant.plan.gguf_size import GGUFPlan, plan_gguf
+from koquant.quant_recipes.gguf import FILE_TYPES
 
 __all__ = ["GGUFComparison", "compare_gguf", "SIZE_TOLERANCE", "SIZE_FLOOR"]
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koquant.source.architectures import Weight
-from koquant.plan.ggml_types import FileType, file_type, ggml_type
+from koquant.quant_recipes.gguf import FileType, file_type, ggml_type, tensor_needs_imatrix
 
 __all__ = ["TensorChoice", "MixContext", "choose_types", "category"]
 
@@ -45,7 +45,6 @@ TOKEN_EMBD, OUTPUT, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUT, FFN_UP, FFN_GATE, FFN_DOWN
 
 _IQ_VERY_LOW = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
 _IQ_HEAD_Q5K = _IQ_VERY_LOW | {"IQ3_XXS"}
-_NEEDS_IMATRIX_TYPES = {"IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S"}
 _FALLBACK = {
     "IQ1_S": "IQ4_NL",
     "IQ1_M": "IQ4_NL",
@@ -137,6 +136,8 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
             return "Q2_K"
         if ft in ("IQ2_S", "IQ2_M", "IQ3_XXS"):
             return "IQ3_S"
+        if ft in ("TQ1_0", "TQ2_0"):
+            return "Q4_K"
         return new
     if ft in _IQ_VERY_LOW:
         if cat == ATTN_V:
@@ -242,12 +243,6 @@ def _fallback(ncols: int, wanted: str) -> str:
     return got
 
 
-def _needs_imatrix(w: Weight, t: str, ft: str) -> bool:
-    if w.gguf_name in ("token_embd.weight", "output.weight"):
-        return False
-    return t in _NEEDS_IMATRIX_TYPES or (t == "Q2_K" and ft == "Q2_K_S")
-
-
 def _walk_order(ws: list[Weight]) -> list[Weight]:
     """The quantizer's order: tensors outside blocks first, then by block number, then by name."""
     return sorted(ws, key=lambda w: (-1 if w.layer is None else w.layer, w.gguf_name))
@@ -273,5 +268,6 @@ def choose_types(ws: list[Weight], ftype: str | FileType, ctx: MixContext) -> li
             continue
         wanted = _mix_rule(ft.name, base.name, w, category(w.gguf_name), ctx, tied, counters)
         got = _fallback(w.shape[0], wanted)
-        out.append(TensorChoice(w, got, wanted if got != wanted else None, _needs_imatrix(w, got, ft.name)))
+        needs = tensor_needs_imatrix(w.gguf_name, got, ft.name)
+        out.append(TensorChoice(w, got, wanted if got != wanted else None, needs))
     return out

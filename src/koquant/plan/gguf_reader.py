@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from koquant.errors import CheckpointError
-from koquant.plan.ggml_types import GGML_TYPES_BY_ID
+from koquant.quant_recipes.gguf import GGML_TYPES_BY_ID
 
 __all__ = ["GGUFTensorInfo", "GGUFArray", "GGUFFile", "read_gguf", "gguf_tensors"]
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koquant.source.architectures import Weight, weights
-from koquant.plan.ggml_types import FILE_TYPES, file_type, tensor_bytes
 from koquant.plan.gguf_mix import MixContext, choose_types
 from koquant.plan.model_spec import ModelSpec
+from koquant.quant_recipes.gguf import FILE_TYPES, file_type, tensor_bytes
 
 __all__ = ["GGUFTensorPlan", "GGUFPlan", "plan_gguf", "gguf_tensor_weights", "metadata_bytes", "ALIGNMENT"]
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from koquant.errors import RecipeError
-from koquant.plan.ggml_types import row_bytes
 from koquant.plan.model_spec import ModelSpec
+from koquant.quant_recipes.gguf import row_bytes
 
 __all__ = ["KV_TYPES", "RUNTIMES", "Runtime", "kv_cache_bytes", "compute_buffer_bytes", "N_UBATCH", "RUNTIME_OVERHEAD"]
 
@@ -57,7 +57,6 @@ RUNTIMES = {
     "llama.cpp": Runtime("llama.cpp", None, False),
     "transformers": Runtime("transformers", "bf16", True),
     "onnxruntime-genai-fp32": Runtime("onnxruntime-genai", "f32", False),
-    "onnxruntime-genai-fp16": Runtime("onnxruntime-genai", "f16", False),
 }
 
 

@@ -16,13 +16,13 @@ group when ``g = -1``):
 
 The token embedding, ``lm_head`` (stored once when tied) and the norms stay 16-bit.
 
-ONNX (onnxruntime-genai model builder, ``-e cpu``): weights are stored in the graph's I/O
-type (fp32 for ``fp32`` and for ``int4`` on CPU, fp16 for ``fp16``). ``int4`` replaces each
-linear, ``lm_head`` included, by ``MatMulNBits``: packed uint8 ``N x ceil(K/block) x block/2``,
-one scale per block in the I/O type, and for asymmetric quantization a uint8 zero point per
-two blocks; block 32 and symmetric by default. The embedding (a Gather) stays in the I/O
-type unless ``quantize_embeddings``. Tied embeddings are stored once in fp32/fp16 exports
-(and in int4 only when the embedding is quantized and shared with the head). The builder
+ONNX (onnxruntime-genai model builder, ``-e cpu``; the precisions koquant exports, fp32, int8 and
+int4): float weights are stored in the graph's I/O type, fp32 on CPU. ``int8`` and ``int4`` replace
+each linear, ``lm_head`` included, by ``MatMulNBits``: packed uint8 ``N x ceil(K/block) x block*bits/8``,
+one scale per block in the I/O type, and for asymmetric quantization a uint8 zero point per block
+(int8) or per two blocks (int4); block 32 and symmetric by default. The embedding (a Gather) stays
+in the I/O type unless ``quantize_embeddings``. Tied embeddings are stored once in fp32 exports
+(and in int8/int4 only when the embedding is quantized and shared with the head). The builder
 also stores cos/sin rotary caches for ``max_position_embeddings`` positions and the graph
 itself (estimated at 16 KiB per layer + 64 KiB).
 """
@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from koquant.errors import RecipeError
 from koquant.source.architectures import Weight, weights
 from koquant.plan.model_spec import ModelSpec
+from koquant.quant_recipes import gptq, onnx
 
-__all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source", "GPTQ_BITS", "ONNX_PRECISIONS"]
+__all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source"]
 
-GPTQ_BITS = (2, 3, 4, 8)
-ONNX_PRECISIONS = ("fp32", "fp16", "int4")
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -77,12 +76,16 @@ def _n_elements(spec: ModelSpec) -> int:
     return sum(w.n_elements for w in _hf_weights(spec))
 
 
-def plan_gptq(spec: ModelSpec, bits: int = 4, group_size: int = 128, *, sixteen_bit_bytes: int = 2) -> FormatPlan:
-    """Size of a GPTQModel v1 checkpoint (see module docstring for the layout)."""
-    if bits not in GPTQ_BITS:
-        raise RecipeError(f"GPTQ cannot use {bits} bits", hint="use one of: " + ", ".join(map(str, GPTQ_BITS)))
-    if group_size != -1 and group_size <= 0:
-        raise RecipeError(f"GPTQ group size must be positive or -1, got {group_size}", hint="e.g. 128")
+def plan_gptq(
+    spec: ModelSpec,
+    bits: int = gptq.DEFAULT.bits,
+    group_size: int = gptq.DEFAULT.group_size,
+    *,
+    sixteen_bit_bytes: int = 2,
+) -> FormatPlan:
+    """Size of a GPTQModel v1 checkpoint (see module docstring for the layout); only the variants
+    koquant exports (:mod:`koquant.quant_recipes.gptq`)."""
+    variant = gptq.variant(bits, group_size)
     parts = {"qweight": 0, "qzeros": 0, "scales": 0, "g_idx": 0, "16-bit": 0}
     n_tensors = 0
     notes: list[str] = []
@@ -110,49 +113,55 @@ def plan_gptq(spec: ModelSpec, bits: int = 4, group_size: int = 128, *, sixteen_
         )
     parts["header"] = _safetensors_header(n_tensors)
     total = sum(parts.values())
-    variant = f"{bits}bit-g{group_size if group_size != -1 else 'all'}"
-    return FormatPlan("gptq", variant, total, total - parts["header"], _n_elements(spec), parts, tuple(notes))
+    return FormatPlan("gptq", variant.name, total, total - parts["header"], _n_elements(spec), parts, tuple(notes))
 
 
 def plan_onnx(
     spec: ModelSpec,
-    precision: str = "int4",
+    precision: str = onnx.DEFAULT,
     *,
     block_size: int = 32,
     symmetric: bool = True,
     quantize_embeddings: bool = False,
     ep: str = "cpu",
 ) -> FormatPlan:
-    """Size of an onnxruntime-genai builder export (see module docstring for the layout)."""
-    if precision not in ONNX_PRECISIONS:
-        raise RecipeError(f"unknown ONNX precision {precision!r}", hint="use one of: " + ", ".join(ONNX_PRECISIONS))
+    """Size of an onnxruntime-genai builder export (see module docstring for the layout); only the
+    precisions koquant exports (:mod:`koquant.quant_recipes.onnx`)."""
+    row = onnx.PRECISIONS.get(precision)
+    if row is None or not row.exportable:
+        hint = "use one of: " + ", ".join(onnx.EXPORTABLE)
+        if row is None:
+            raise RecipeError(f"unknown ONNX precision {precision!r}", hint=hint)
+        raise RecipeError(f"{precision} ONNX export is not supported on CPU: {row.not_on_cpu}", hint=hint)
     if block_size < 16 or block_size & (block_size - 1):
         raise RecipeError(f"MatMulNBits block size must be a power of two >= 16, got {block_size}", hint="use 32")
-    io_bytes = 2 if precision == "fp16" or (precision == "int4" and ep != "cpu") else 4
-    parts = {"float weights": 0, "int4 weights": 0, "int4 scales": 0, "int4 zero points": 0}
+    bits, blockwise = row.weight_bits, row.matmulnbits
+    io_bytes = 2 if blockwise and ep != "cpu" else 4
+    q = "int8" if bits == 8 else "int4"  # fp32 lists the int4 parts, at 0
+    parts = {"float weights": 0, f"{q} weights": 0, f"{q} scales": 0, f"{q} zero points": 0}
 
-    def int4(k: int, n: int) -> None:
+    def matmulnbits(k: int, n: int) -> None:
         blocks = _ceil_div(k, block_size)
-        parts["int4 weights"] += n * blocks * block_size // 2
-        parts["int4 scales"] += n * blocks * io_bytes
+        parts[f"{q} weights"] += n * blocks * block_size * bits // 8
+        parts[f"{q} scales"] += n * blocks * io_bytes
         if not symmetric:
-            parts["int4 zero points"] += n * _ceil_div(blocks, 2)
+            parts[f"{q} zero points"] += n * _ceil_div(blocks * bits, 8)
 
     ws = _hf_weights(spec)
     embed = next(w for w in ws if w.role == "embed")
     for w in ws:
-        if precision == "int4" and w.role in ("linear", "lm_head"):
-            int4(w.in_features, w.out_features)
-        elif precision == "int4" and w.role == "embed" and quantize_embeddings:
-            int4(w.in_features, w.out_features)
+        if blockwise and w.role in ("linear", "lm_head"):
+            matmulnbits(w.in_features, w.out_features)
+        elif blockwise and w.role == "embed" and quantize_embeddings:
+            matmulnbits(w.in_features, w.out_features)
         else:
             parts["float weights"] += w.n_elements * io_bytes
     head_stored = any(w.role == "lm_head" for w in ws)
     notes = []
     if not head_stored:  # tied: the head reuses the embedding
-        if precision == "int4" and not quantize_embeddings:
-            int4(embed.in_features, embed.out_features)
-            notes.append("tied head: int4 copy for lm_head plus the float embedding")
+        if blockwise and not quantize_embeddings:
+            matmulnbits(embed.in_features, embed.out_features)
+            notes.append(f"tied head: {precision} copy for lm_head plus the float embedding")
         else:
             notes.append("tied embeddings stored once")
     positions = spec.max_positions or 4096

@@ -17,20 +17,24 @@ from koquant.errors import CheckpointError, RecipeError
 from koquant.plan import kv as kvmod
 from koquant.plan.devices import DEVICES, Device, DeviceFit, custom_device, fit
 from koquant.plan.devices import device as device_preset
-from koquant.plan.ggml_types import FILE_TYPES, file_type
 from koquant.plan.gguf_size import GGUFPlan, plan_gguf
 from koquant.plan.model_spec import ModelSpec, spec_from_config, spec_from_path
 from koquant.plan.other_formats import FormatPlan, plan_gptq, plan_onnx, plan_source
 from koquant.plan.presets import PRESETS, preset_spec
 from koquant.source.architectures import BACKENDS
+from koquant.quant_recipes import gptq as gptq_variants
+from koquant.quant_recipes import onnx as onnx_precisions
+from koquant.quant_recipes.gguf import FILE_TYPES, file_type
 
 __all__ = ["Export", "RuntimeEstimate", "Plan", "plan", "resolve_source", "DEFAULT_CTX", "GPTQ_VARIANTS", "SCHEMA"]
 
 SCHEMA = "koquant.plan/1"
 DEFAULT_CTX = (2048, 4096, 8192)
-# (bits, group size) planned by default
-GPTQ_VARIANTS: tuple[tuple[int, int], ...] = ((4, 128), (4, 32), (8, 128), (3, 128))
-ONNX_VARIANTS = ("fp32", "fp16", "int4")
+# planned by default: (bits, group size) of GPTQ variants, ONNX precisions; all of them ones export makes
+GPTQ_VARIANTS: tuple[tuple[int, int], ...] = tuple(
+    (gptq_variants.VARIANTS[n].bits, gptq_variants.VARIANTS[n].group_size) for n in gptq_variants.PLANNED
+)
+ONNX_VARIANTS = onnx_precisions.EXPORTABLE
 _MAX_CTX = 1 << 24
 
 ASSUMPTIONS = (
@@ -41,7 +45,7 @@ ASSUMPTIONS = (
     "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx); embeddings, "
     "lm_head and norms 16-bit; not yet calibrated against koquant's exporter",
     "ONNX: onnxruntime-genai builder for CPU; int4 = MatMulNBits block 32 symmetric with fp32 scales, "
-    "embedding kept float; tied embeddings stored once in fp32/fp16; not yet calibrated",
+    "embedding kept float; int8 likewise with 8-bit blocks; tied embeddings stored once in fp32; not yet calibrated",
     "RAM = weights + KV cache + compute estimate (4 B x 512 x (vocab + hidden + intermediate) + 128 MiB); "
     "llama.cpp cache type from --kv-type, no sliding window for Mistral; transformers bf16 cache with the "
     "window; onnxruntime-genai cache in the model's I/O type over the full context",
@@ -250,7 +254,7 @@ def _other_exports(spec: ModelSpec, gptq: Sequence[tuple[int, int]], onnx: Seque
         )
     for precision in onnx:
         p = plan_onnx(spec, precision)
-        rt = "onnxruntime-genai-fp16" if precision == "fp16" else "onnxruntime-genai-fp32"
+        rt = "onnxruntime-genai-fp32"  # the CPU graphs koquant exports keep their cache in fp32
         out.append(Export("onnx", p.variant, rt, p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
     p = plan_source(spec)
     out.append(Export("source", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))

@@ -222,10 +222,10 @@ def _choose(folder: Path, entries: list[dict], quant: str | None, what: str) -> 
 
 
 def _quant_from_name(name: str) -> str | None:
-    from ..exporters.gguf.exporter import QUANT_TYPES
+    from ..quant_recipes.gguf import FILE_TYPES
 
     stem = name.rsplit(".", 1)[0].upper()
-    for q in sorted(QUANT_TYPES, key=len, reverse=True):
+    for q in sorted(FILE_TYPES, key=len, reverse=True):
         if stem.endswith(q.upper()):
             return q
     return None

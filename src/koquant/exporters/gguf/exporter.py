@@ -19,20 +19,13 @@ import numpy as np
 from ... import procs
 from ...artifact import ArtifactFile
 from ...errors import RecipeError
+from ...quant_recipes.gguf import FILE_TYPES
 from ...source.checkpoint import sha256_file
 from .. import register_format
 from ..gate import compare_logits, judge
 from . import llamacpp
 from .imatrix import compute_imatrix
 
-FLOAT_TYPES = ("F32", "F16", "BF16")
-QUANT_TYPES = FLOAT_TYPES + (
-    "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0",
-    "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K_S", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS",
-    "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0",
-)
-# llama.cpp refuses these without an importance matrix
-REQUIRES_IMATRIX = ("IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M", "Q2_K_S")
 _BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
 
 
@@ -42,17 +35,17 @@ class GGUFExporter:
 
     def check_recipe(self, recipe) -> None:
         llamacpp.import_llama_cpp()  # a missing backend fails before any work, naming the extra
-        unknown = [q for q in recipe.quants if q not in QUANT_TYPES]
+        unknown = [q for q in recipe.quants if q not in FILE_TYPES]
         if unknown:
             raise RecipeError(f"unknown GGUF quant type(s): {', '.join(unknown)}",
-                              hint="choose from " + ", ".join(QUANT_TYPES))
-        need = [q for q in recipe.quants if q in REQUIRES_IMATRIX]
+                              hint="choose from " + ", ".join(FILE_TYPES))
+        need = [q for q in recipe.quants if FILE_TYPES[q].needs_imatrix]
         if need and (not recipe.imatrix or recipe.calib is None):
             raise RecipeError(f"{', '.join(need)} require an importance matrix, but calibration is off",
                               hint="drop --no-imatrix / --no-calib (the built-in Korean set is used by default)")
 
     def needs_calibration(self, recipe) -> bool:
-        return recipe.imatrix and recipe.calib is not None and any(q not in FLOAT_TYPES for q in recipe.quants)
+        return recipe.imatrix and recipe.calib is not None and any(FILE_TYPES[q].quantized for q in recipe.quants)
 
     def export(self, ctx) -> list[ArtifactFile]:
         ckpt, recipe, ref = ctx.ckpt, ctx.recipe, ctx.reference
@@ -82,7 +75,7 @@ class GGUFExporter:
                 if quant == base_quant:
                     shutil.copyfile(base, dst)
                 else:
-                    use = imatrix if quant not in FLOAT_TYPES else None
+                    use = imatrix if FILE_TYPES[quant].quantized else None
                     with procs.step("llama.cpp", f"quantizing to {quant}"):
                         res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads)
                     af.fallbacks = res.fallbacks

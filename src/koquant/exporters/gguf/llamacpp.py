@@ -322,9 +322,6 @@ def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str) -> str:
 
 
 # ---------------------------------------------------------------- quantize through the binding
-FLOAT_TYPES = ("F32", "F16", "BF16")
-
-
 def ftype_of(quant: str) -> int:
     llama_cpp = import_llama_cpp()
     name = "LLAMA_FTYPE_ALL_F32" if quant == "F32" else f"LLAMA_FTYPE_MOSTLY_{quant}"

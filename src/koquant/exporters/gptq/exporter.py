@@ -31,12 +31,12 @@ from ...source.architectures import ARCHITECTURES, Architecture, Dims
 from ...source.checkpoint import sha256_file
 from ... import procs
 from ...errors import BackendMissingError, ExportError, KoquantError, RecipeError
+from ...quant_recipes import gptq as variants
+from ...quant_recipes.gptq import parse_quant, quant_name
 from .. import register_format
 from ..gate import compare_logits, judge
 
 GPTQMODEL_PINNED = "7.6.0"
-BITS = (4, 8)  # the widths vLLM, TGI, exllama and transformers all load from a GPTQ v1 checkpoint
-GROUP_SIZES = (32, 64, 128, -1)
 DEFAULT_DAMP = 0.05  # GPTQModel's default: Hessian dampening as a fraction of its mean diagonal
 # GPTQModel's `mse`: search each group's scale over shrinking ranges (norm 2.4, as in the GPTQ reference
 # code) instead of taking min/max. With act-order it is the best of the grid measured on the trained
@@ -49,8 +49,8 @@ _VOLATILE_META = ("offload_to_disk_path",)
 
 @dataclass(frozen=True)
 class GPTQOptions:
-    bits: int = 4
-    group_size: int = 128
+    bits: int = variants.DEFAULT.bits
+    group_size: int = variants.DEFAULT.group_size
     act_order: bool = True
     sym: bool = True
     damp: float = DEFAULT_DAMP
@@ -72,13 +72,7 @@ class GPTQOptions:
                 raise RecipeError(f"quant {recipe.quants[0]} says {key}={value}, but {key}={params[key]} was given",
                                   hint="give the width either as --quant or as --bits/--group-size")
         opts = cls(**params)
-        if opts.bits not in BITS:
-            raise RecipeError(f"GPTQ export does not support {opts.bits}-bit weights",
-                              hint="use --bits 4 or --bits 8 (the widths vLLM, TGI, exllama and transformers load); "
-                              "for lower widths use --fmt gguf with Q3_K_M or Q2_K")
-        if opts.group_size not in GROUP_SIZES:
-            raise RecipeError(f"GPTQ group size {opts.group_size} is not supported",
-                              hint="use --group-size 128, 64, 32 or -1 (one group per row)")
+        variants.variant(opts.bits, opts.group_size)  # a width and group size koquant writes
         if not 0 < opts.damp < 1:
             raise RecipeError(f"GPTQ dampening {opts.damp} is outside (0, 1)", hint="the usual value is 0.01-0.1")
         if opts.mse < 0:
@@ -88,21 +82,6 @@ class GPTQOptions:
     @property
     def quant(self) -> str:
         return quant_name(self.bits, self.group_size)
-
-
-def quant_name(bits: int, group_size: int) -> str:
-    """The artifact's quant name: ``w4g128``, ``w8g32``, ``w4`` (one group per row)."""
-    return f"w{bits}" + (f"g{group_size}" if group_size > 0 else "")
-
-
-def parse_quant(name: str) -> dict:
-    """``w4g128`` -> {"bits": 4, "group_size": 128}; ``w8`` -> {"bits": 8, "group_size": -1}."""
-    m = re.fullmatch(r"w(\d+)(?:g(\d+))?", name.strip().lower())
-    if m is None:
-        raise RecipeError(f"{name!r} is not a GPTQ quant name",
-                          hint="GPTQ quant names are w<bits>g<group size> (w4g128, w8g128, w4g32) or w<bits> "
-                          "for one group per row; or use --bits and --group-size")
-    return {"bits": int(m.group(1)), "group_size": int(m.group(2)) if m.group(2) else -1}
 
 
 def check_install() -> str:
@@ -146,7 +125,7 @@ def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = No
     if opts.group_size > 0:
         bad = {name: i for name, (i, _) in widths.items() if i % opts.group_size}
         if bad:
-            ok = [g for g in GROUP_SIZES if g < 0 or all(i % g == 0 for i, _ in widths.values())]
+            ok = [g for g in variants.GROUP_SIZES if g < 0 or all(i % g == 0 for i, _ in widths.values())]
             names = ", ".join(f"{layers}.*.{n} (in_features {i})" for n, i in bad.items())
             raise RecipeError(
                 f"group size {opts.group_size} does not divide the input width of {names}; GPTQModel would save "
@@ -161,7 +140,7 @@ def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = No
 
 @register_format("gptq")
 class GPTQExporter:
-    default_quants = ("w4g128",)
+    default_quants = (variants.DEFAULT.name,)
     tool_packages = ("gptqmodel", "optimum")
 
     def check_recipe(self, recipe) -> None:

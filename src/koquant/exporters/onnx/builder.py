@@ -18,7 +18,6 @@ from ...source.architectures import ARCHITECTURES
 
 # HF class -> builder model class (onnxruntime-genai 0.18.0, builder.py create_model), from the registry
 BUILDER_ARCHITECTURES = {a.hf_class: a.onnx.builder_model for a in ARCHITECTURES.values() if a.onnx is not None}
-PRECISIONS = ("fp32", "fp16", "int8", "int4")
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits block sizes the builder accepts
 ACCURACY_LEVELS = {1: "fp32 activations", 4: "int8 activations, the CPU default and fastest"}
 # koquant's name -> the builder's algo_config for its own MatMulNBits pass

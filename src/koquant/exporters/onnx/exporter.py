@@ -1,7 +1,8 @@
 """ONNX through onnxruntime-genai's model builder: one folder per quant, each runnable by onnxruntime-genai.
 
 1. The builder (``koquant.exporters.onnx.builder``, pinned onnxruntime-genai) turns the HF folder into
-   ``<quant>/model.onnx`` + ``genai_config.json`` + tokenizer files, for fp32, fp16, int8 or int4.
+   ``<quant>/model.onnx`` + ``genai_config.json`` + tokenizer files, for fp32, int8 or int4
+   (the precisions of :mod:`koquant.quant_recipes.onnx`).
 2. int4 ``gptq`` (the default): the Korean calibration chunks run through the source model
    layer by layer and GPTQ rounds every decoder weight (``koquant.exporters.onnx.int4_gptq``); the codes replace
    the builder's round-to-nearest ones in its MatMulNBits nodes (``koquant.exporters.onnx.matmulnbits``).
@@ -26,6 +27,7 @@ from ...artifact import ArtifactFile, write_manifest
 from ...artifact.modelcard import write_model_card
 from ...errors import ExportError, RecipeError
 from ...source.architectures import Architecture
+from ...quant_recipes.onnx import DEFAULT, PRECISIONS
 from ...source.checkpoint import sha256_file
 from .. import register_format
 from ..gate import compare_logits, judge
@@ -33,16 +35,10 @@ from . import builder, genai
 from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
 from .parity import common_prefix, hf_greedy
 
-QUANTS = builder.PRECISIONS
 INT4_ALGOS = ("gptq", "rtn", "k_quant")
 DEFAULT_INT4_ALGO = "gptq"  # benchmarks/onnx_int4.md: lower KL than rtn and k_quant on the trained miniature
 GREEDY_TOKENS = 32
 GREEDY_PROMPT = 64  # held-out tokens the greedy continuation starts from
-# precisions the builder knows but koquant cannot run and validate on the CPU execution provider
-NOT_ON_CPU = {
-    "fp16": "onnxruntime-genai's builder makes fp16 graphs for GPU execution providers (CUDA, DML); on the CPU "
-            "provider its generator fails at the first decode step (onnxruntime-genai 0.18.0)",
-}
 
 
 @dataclass(frozen=True)
@@ -103,16 +99,17 @@ class _SourceWeights(Mapping):
 
 @register_format("onnx")
 class ONNXExporter:
-    default_quants = ("int4",)
+    default_quants = (DEFAULT,)
     tool_packages = ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")
 
     def check_recipe(self, recipe) -> None:
-        unknown = [q for q in recipe.quants if q not in QUANTS]
+        unknown = [q for q in recipe.quants if q not in PRECISIONS]
         if unknown:
-            raise RecipeError(f"unknown ONNX quant type(s): {', '.join(unknown)}", hint="choose from " + ", ".join(QUANTS))
+            raise RecipeError(f"unknown ONNX quant type(s): {', '.join(unknown)}",
+                              hint="choose from " + ", ".join(PRECISIONS))
         for quant in recipe.quants:
-            if quant in NOT_ON_CPU:
-                raise RecipeError(f"{quant} ONNX export is not supported on CPU: {NOT_ON_CPU[quant]}",
+            if not PRECISIONS[quant].exportable:
+                raise RecipeError(f"{quant} ONNX export is not supported on CPU: {PRECISIONS[quant].not_on_cpu}",
                                   hint="use fp32 for full precision, or int8/int4 for CPU")
         OnnxOptions.from_recipe(recipe)
         genai.check_install()
