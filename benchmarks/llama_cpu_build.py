@@ -44,8 +44,8 @@ def _child(spec: dict) -> dict:
     lib = llamacpp.import_llama_cpp()
     cpu = llamacpp.cpu_backend(lib)
     log: list[str] = []
-    with llamacpp.capture_llama_log(log):
-        model, ctx = llamacpp.open_model(Path(spec["model"]), n_ctx=1024, n_batch=512, threads=spec["threads"])
+    model, ctx = llamacpp.open_model(Path(spec["model"]), n_ctx=1024, n_batch=512, threads=spec["threads"], log=log)
+    # which buffer types hold the weights ("CPU_REPACK model buffer size = ...", "CPU_Mapped ...")
     buffers = sorted({ln.split("model buffer size")[0].split()[-1] for ln in log if "model buffer size" in ln})
     mem = lib.llama_get_memory(ctx)
     rng = np.random.default_rng(0)

@@ -552,10 +552,11 @@ def build_tools(targets=TOOLS, jobs: int | None = None) -> Path:
 
 # ---------------------------------------------------------------- a model on the CPU
 def open_model(path: Path, *, n_ctx: int, n_batch: int, threads: int, flash_attn: bool = False,
-               error=ExportError):
-    """``(model, context)`` of ``path`` on the CPU, with koquant's extra-buffer policy; ``error`` on failure."""
+               error=ExportError, log: list[str] | None = None):
+    """``(model, context)`` of ``path`` on the CPU, with koquant's extra-buffer policy; ``error`` on failure.
+    llama.cpp's log lines of the load go to ``log`` when given."""
     lib = import_llama_cpp()
-    lines: list[str] = []
+    lines: list[str] = log if log is not None else []
     with capture_llama_log(lines):
         model = lib.llama_model_load_from_file(str(path).encode(), model_params(lib))
     if not model:
