@@ -255,13 +255,14 @@ def supervise(argv: list[str]) -> int:
         if rc >= 0:
             return rc
         sig = -rc
-        if sig == signal.SIGINT:
-            return 130
         info = {}
         with contextlib.suppress(OSError, ValueError):
             info = json.loads(crumbs.read_text(encoding="utf-8"))
         for p in info.get("staging") or []:
             shutil.rmtree(p, ignore_errors=True)
+        if sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # stopped on purpose, not a crash
+            print(f"stopped by {signal.Signals(sig).name}; nothing was written", file=sys.stderr)
+            return 128 + sig
         backend = info.get("backend") or "koquant's native code"
         what = info.get("step") or f"running `koquant {' '.join(argv[:1])}`"
         err = crash_error(backend, what, sig, crash)
