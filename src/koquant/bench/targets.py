@@ -74,12 +74,11 @@ def expand(paths: list[str | os.PathLike]) -> list[BenchTarget]:
 def _check_runtime(fmt: str, where: Path) -> None:
     import importlib.util
 
-    from ..errors import BackendMissingError
+    from ..errors import missing_extra
 
     module, extra = _RUNTIME_PACKAGES.get(fmt, (None, None))
     if module is not None and importlib.util.find_spec(module) is None:
-        raise BackendMissingError(f"benching {where} needs {module}, which is not installed",
-                                  hint=f"pip install -c constraints.txt -e '.[{extra}]'")
+        raise missing_extra(f"benching {where} needs {module}, which is not installed", extra)
 
 
 def _variants(p: Path) -> list[str | None]:

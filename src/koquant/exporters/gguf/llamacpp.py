@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import BackendMissingError, ExportError
+from ...errors import BackendMissingError, ExportError, missing_extra
 from ...source.architectures import ARCHITECTURES, GGUF_EMBED, GGUF_HEAD, GGUF_LAYERS, GGUF_NORM, Dims
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
@@ -36,10 +36,9 @@ def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise BackendMissingError(
-            "GGUF export needs llama-cpp-python, which is not installed",
-            hint=f"pip install -c constraints.txt -e '.[gguf]' in a checkout, or pip install 'koquant[gguf]' "
-            f"(builds {SDIST} from source, ~12 CPU-minutes)",
+        raise missing_extra(
+            "GGUF export needs llama-cpp-python, which is not installed", "gguf",
+            more=f" in a checkout, or pip install 'koquant[gguf]' (builds {SDIST} from source, ~12 CPU-minutes)",
         ) from None
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
         raise BackendMissingError(
