@@ -132,7 +132,7 @@ def bytes_per_token(fmt: str, model: Path) -> int:
 
 
 def _gguf_bytes_per_token(path: Path) -> int:
-    from ..plan.gguf_reader import read_gguf
+    from ..exporters.gguf.reader import read_gguf
 
     tensors = {t.name: t.n_bytes for t in read_gguf(path).tensors}
     total = sum(tensors.values())

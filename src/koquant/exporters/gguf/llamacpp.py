@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import BackendMissingError, ExportError, missing_extra
+from ...procs import cache_root
 from ...source.architectures import ARCHITECTURES, GGUF_EMBED, GGUF_HEAD, GGUF_LAYERS, GGUF_NORM, Dims
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KOQUANT_CACHE") or Path.home() / ".cache" / "koquant")
 
 
 def import_llama_cpp():

@@ -263,7 +263,7 @@ _LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")
 
 
 def _worker_env(work: Path, threads: int) -> dict:
-    from ..gguf.llamacpp import cache_root
+    from ...procs import cache_root
 
     env = dict(os.environ)
     cores = threads or os.cpu_count() or 2

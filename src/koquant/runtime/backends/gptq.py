@@ -27,7 +27,7 @@ class GPTQBackend(HFBackend):
             raise missing_extra(f"running a GPTQ checkpoint needs {' and '.join(missing)}, not installed", "gptq")
         # GPTQModel crashes on machines with <= 3 cores unless it has at least two CPU workers
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-        from ...exporters.gguf.llamacpp import cache_root
+        from ...procs import cache_root
 
         os.environ.setdefault("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(cache_root() / "gptqmodel-extensions"))
         super().__init__(target, dtype="float32", threads=threads, n_ctx=n_ctx)
