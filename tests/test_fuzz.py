@@ -131,7 +131,7 @@ def _mutated_gguf(draw):
 
 
 def test_fuzz_gguf_metadata_reader(tmp_path):
-    from koquant.plan.gguf_reader import read_gguf
+    from koquant.plan import read_gguf
 
     p = tmp_path / "f.gguf"
     budget = Budget()

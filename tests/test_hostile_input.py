@@ -267,7 +267,7 @@ def _peak_bytes(fn) -> int:
                        + struct.pack("<IQ", hostile.U32, 0) * 2**14),
 ], ids=["string 2**62", "array 2**61", "2**40 tensors and keys", "2**14 nested arrays"])
 def test_gguf_reader_never_allocates_what_a_header_declares(data, tmp_path):
-    from koquant.plan.gguf_reader import read_gguf
+    from koquant.plan import read_gguf
 
     p = tmp_path / "x.gguf"
     p.write_bytes(data)

@@ -63,3 +63,27 @@ class IntegrityError(ArtifactError):
     """An artifact's files differ from what its manifest recorded (changed, missing or extra)."""
 
     exit_code = 4
+
+
+# ---------------------------------------------------------------- the one install check hint
+#: each optional extra -> the command that installs it in a checkout (pinned by constraints.txt)
+INSTALL_HINTS = {
+    extra: f"pip install -c constraints.txt -e '.[{extra}]'" for extra in ("gguf", "onnx", "onnx-gpu", "gptq", "bench")
+}
+
+
+def install_hint(extra: str) -> str:
+    """The command that installs the optional extra ``extra`` (one of :data:`INSTALL_HINTS`)."""
+    try:
+        return INSTALL_HINTS[extra]
+    except KeyError:
+        raise ValueError(f"no optional extra {extra!r}; known: {', '.join(INSTALL_HINTS)}") from None
+
+
+def missing_extra(what: str, extra: str, *, more: str = "") -> BackendMissingError:
+    """The error for a missing or mismatched optional backend: message ``what``, hint installing ``extra``.
+
+    ``more`` is appended to the hint verbatim (what else to know about the install). Every install check
+    raises through here, so the hint is written once.
+    """
+    return BackendMissingError(what, hint=install_hint(extra) + more)

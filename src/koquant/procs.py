@@ -59,9 +59,13 @@ _DEFAULT_HINT = ("a bug in {backend}'s native code on this machine: run `koquant
                  "with the command line{log}")
 
 
-def crash_dir() -> Path:
-    from .exporters.gguf.llamacpp import cache_root
+def cache_root() -> Path:
+    """koquant's cache folder, ``$KOQUANT_CACHE`` (default ``~/.cache/koquant``): llama.cpp builds, miniatures,
+    compiled extensions, crash reports."""
+    return Path(os.environ.get("KOQUANT_CACHE") or Path.home() / ".cache" / "koquant")
 
+
+def crash_dir() -> Path:
     return cache_root() / "crashes"
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .. import procs
-from ..errors import BackendMissingError, KoquantError
+from ..errors import KoquantError, missing_extra
 from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 from .targets import expand, source_target
 
@@ -39,8 +39,7 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     t_start = time.perf_counter()
     cfg = BenchSettings(**settings).check()
     if out is not None and importlib.util.find_spec("matplotlib") is None:
-        raise BackendMissingError("the bench report's plot needs matplotlib, which is not installed",
-                                  hint="pip install -c constraints.txt -e '.[bench]'")
+        raise missing_extra("the bench report's plot needs matplotlib, which is not installed", "bench")
     source_dir = Path(source_dir).expanduser()
     ckpt = Checkpoint.open(source_dir)
     baseline_dtype = cfg.baseline_dtype or ckpt.source_dtype

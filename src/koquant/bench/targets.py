@@ -74,12 +74,11 @@ def expand(paths: list[str | os.PathLike]) -> list[BenchTarget]:
 def _check_runtime(fmt: str, where: Path) -> None:
     import importlib.util
 
-    from ..errors import BackendMissingError
+    from ..errors import missing_extra
 
     module, extra = _RUNTIME_PACKAGES.get(fmt, (None, None))
     if module is not None and importlib.util.find_spec(module) is None:
-        raise BackendMissingError(f"benching {where} needs {module}, which is not installed",
-                                  hint=f"pip install -c constraints.txt -e '.[{extra}]'")
+        raise missing_extra(f"benching {where} needs {module}, which is not installed", extra)
 
 
 def _variants(p: Path) -> list[str | None]:
@@ -133,7 +132,7 @@ def bytes_per_token(fmt: str, model: Path) -> int:
 
 
 def _gguf_bytes_per_token(path: Path) -> int:
-    from ..plan.gguf_reader import read_gguf
+    from ..exporters.gguf.reader import read_gguf
 
     tensors = {t.name: t.n_bytes for t in read_gguf(path).tensors}
     total = sum(tensors.values())

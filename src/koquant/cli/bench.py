@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .console import print_table, progress_bar
+
 _DTYPES = ("float32", "bfloat16", "float16")  # koquant.bench.BASELINE_DTYPES, without importing it for --help
 
 
@@ -34,9 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .export import _progress
-
-    progress = _progress()
+    progress = progress_bar()
     report = run_bench(args.source_dir, args.artifacts, args.output, progress=progress, text=args.text, mc=args.mc,
                        force=args.force, threads=args.threads, baseline_dtype=args.baseline_dtype, ctx=args.ctx,
                        chunks=args.chunks, repeats=args.repeats, warmup=args.warmup, decode_tokens=args.decode_tokens,
@@ -58,10 +58,8 @@ def bench_after_export(model_dir, artifact_path: Path, threads: int, as_json: bo
     """``koquant export ... --bench``: bench what was just exported, with the defaults, into ``<OUT>-bench``."""
     import sys
 
-    from .export import _progress
-
     out = artifact_path.with_name(artifact_path.name + "-bench")
-    report = run_bench(model_dir, [artifact_path], out, progress=_progress(), threads=threads or None)
+    report = run_bench(model_dir, [artifact_path], out, progress=progress_bar(), threads=threads or None)
     if as_json:  # stdout holds the export's JSON; keep it one document
         print(f"bench report: {out}", file=sys.stderr)
     else:
@@ -77,18 +75,13 @@ def print_summary(report, out: Path, as_json: bool) -> None:
         print(json.dumps({"report": str(out), "baseline_dtype": report.source["baseline_dtype"], "entries": rows},
                          indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{out} (baseline: transformers, {report.source['baseline_dtype']})")
-    for col in ("export", "MiB", "PPL", "PPL ×", "KL mean", "KL p99", "top-1", "decode tok/s", "peak RSS MiB"):
-        t.add_column(col)
-    for e in (report.baseline, *report.exports):
-        t.add_row(e["name"], f"{e['file_bytes'] / 2**20:.1f}", _num(e.get("ppl"), ".3f"), _num(e.get("ppl_ratio"), ".4f"),
-                  _num(e.get("kl_mean"), ".2e"), _num(e.get("kl_p99"), ".2e"), _num(e.get("top1"), ".4f"),
-                  _num(e.get("decode_tok_s"), ".1f"),
-                  _num(e["peak_rss_bytes"] / 2**20 if e.get("peak_rss_bytes") else None, ".0f"))
-    Console().print(t)
+    rows = [(e["name"], f"{e['file_bytes'] / 2**20:.1f}", _num(e.get("ppl"), ".3f"), _num(e.get("ppl_ratio"), ".4f"),
+             _num(e.get("kl_mean"), ".2e"), _num(e.get("kl_p99"), ".2e"), _num(e.get("top1"), ".4f"),
+             _num(e.get("decode_tok_s"), ".1f"),
+             _num(e["peak_rss_bytes"] / 2**20 if e.get("peak_rss_bytes") else None, ".0f"))
+            for e in (report.baseline, *report.exports)]
+    print_table(f"{out} (baseline: transformers, {report.source['baseline_dtype']})",
+                ("export", "MiB", "PPL", "PPL ×", "KL mean", "KL p99", "top-1", "decode tok/s", "peak RSS MiB"), rows)
     print(f"report: {out / 'report.md'}")
 
 

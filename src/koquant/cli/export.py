@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import RecipeError
+from .console import print_table, progress_bar
 
 
 def _quant_list(text: str) -> tuple[str, ...]:
@@ -93,18 +94,10 @@ def configure_demo(p: argparse.ArgumentParser) -> None:
     _common(p, "F16,Q8_0,Q4_K_M")
 
 
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=Console(stderr=True), transient=False)
-
-
 def main_export(args: argparse.Namespace) -> int:
     from ..quant_recipes.recipe import Recipe
 
-    progress = _progress()
+    progress = progress_bar()
     name = args.name
     with progress:
         if args.model_dir is None:
@@ -156,15 +149,11 @@ def _report(art, as_json: bool) -> None:
             for f in art.files]}
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"{art.path} (validated against the source)")
-    for col in ("file", "quant", "MiB", "top-1", "mean KL", "max |Δlogit|", "ids", "fallbacks"):
-        t.add_column(col)
+    rows = []
     for f in art.files:
         v = f["validation"]
-        t.add_row(f["path"], f["quant"], f"{f['size'] / 2**20:.1f}", f"{v['top1']:.4f}", f"{v['kl_mean']:.2e}",
-                  f"{v['max_abs_diff']:.2e}", "same" if v["token_ids_identical"] else "DIFF", str(len(f["fallbacks"])))
-    Console().print(t)
+        rows.append((f["path"], f["quant"], f"{f['size'] / 2**20:.1f}", f"{v['top1']:.4f}", f"{v['kl_mean']:.2e}",
+                     f"{v['max_abs_diff']:.2e}", "same" if v["token_ids_identical"] else "DIFF", str(len(f["fallbacks"]))))
+    print_table(f"{art.path} (validated against the source)",
+                ("file", "quant", "MiB", "top-1", "mean KL", "max |Δlogit|", "ids", "fallbacks"), rows)
     print(f"manifest: {art.path / 'koquant.json'}\nmodel card: {art.path / 'README.md'}", file=sys.stdout)

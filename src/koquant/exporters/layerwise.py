@@ -30,6 +30,47 @@ class _Captured(Exception):
     pass
 
 
+def capture_layer_inputs(model, first_layer, chunks) -> list[tuple]:
+    """(hidden_states, kwargs) entering ``first_layer`` (decoder layer 0 of ``model``) for every chunk of token ids.
+
+    The one layer-input capture: a forward pre-hook records what the model's own forward hands the first
+    layer (embeddings, position embeddings, masks) and stops the forward there. Used by the layer-by-layer
+    reference and by the ONNX int4 GPTQ pass.
+    """
+    import torch
+
+    captured = []
+
+    def grab(_module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden.detach(), dict(kwargs)))
+        raise _Captured
+
+    hook = first_layer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            for ids in chunks:
+                try:
+                    model(input_ids=torch.tensor([list(ids)]), use_cache=False)
+                except _Captured:
+                    pass
+    finally:
+        hook.remove()
+    return captured
+
+
+def run_layer(layer, states) -> list[tuple]:
+    """Every (hidden_states, kwargs) of ``states`` through one decoder layer: its output states, same kwargs."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for hidden, kwargs in states:
+            y = layer(hidden, **kwargs)
+            out.append((y[0] if isinstance(y, tuple) else y, kwargs))
+    return out
+
+
 @contextmanager
 def _parameters_on_meta():
     """Build modules with every parameter on the ``meta`` device (no memory, no initialization cost).
@@ -133,46 +174,21 @@ class LayerwiseModel:
 
     def layer_inputs(self, chunks: Sequence[Sequence[int]]) -> list[tuple]:
         """(hidden_states, kwargs) at the first decoder layer for every chunk, as the model's forward makes them."""
-        import torch
-
-        captured = []
-
-        def grab(_module, args, kwargs):
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            captured.append((hidden.detach(), dict(kwargs)))
-            raise _Captured
-
         embed = self.arch.embed
         self._load(embed)
-        hook = self.model.get_submodule(self.arch.layer(0)).register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            with torch.inference_mode():
-                for ids in chunks:
-                    try:
-                        self.model(input_ids=torch.tensor([list(ids)]), use_cache=False)
-                    except _Captured:
-                        pass
+            return capture_layer_inputs(self.model, self.model.get_submodule(self.arch.layer(0)), chunks)
         finally:
-            hook.remove()
             self._drop(embed)
-        return captured
 
     def run_decoder(self, chunks: Sequence[Sequence[int]], on_layer: Callable[[], None] | None = None) -> list:
         """Every chunk through every decoder layer, one layer in memory at a time; the last hidden states."""
-        import torch
-
         states = self.layer_inputs(chunks)
         for i in range(self.n_layers):
             prefix = self.arch.layer(i)
             self._load(prefix)
-            layer = self.model.get_submodule(prefix)
             try:
-                with torch.inference_mode():
-                    out = []
-                    for hidden, kwargs in states:
-                        y = layer(hidden, **kwargs)
-                        out.append((y[0] if isinstance(y, tuple) else y, kwargs))
-                    states = out
+                states = run_layer(self.model.get_submodule(prefix), states)
             finally:
                 self._drop(prefix)
             if on_layer is not None:

@@ -12,7 +12,7 @@ Nothing here imports torch, transformers or llama.cpp; reading a plan takes mill
 from koquant.source.architectures import ARCHITECTURES, Weight
 from koquant.plan.devices import DEVICES, Device, DeviceFit, parse_size
 from koquant.plan.gguf_check import GGUFComparison, compare_gguf
-from koquant.plan.gguf_reader import GGUFFile, GGUFTensorInfo, gguf_tensors, read_gguf
+from koquant.exporters.gguf.reader import GGUFFile, GGUFTensorInfo, gguf_tensors, read_gguf
 from koquant.plan.gguf_size import GGUFPlan, GGUFTensorPlan, plan_gguf
 from koquant.plan.kv import compute_buffer_bytes, kv_cache_bytes
 from koquant.plan.model_spec import ModelSpec, load_config, spec_from_config, spec_from_path

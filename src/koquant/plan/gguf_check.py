@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from koquant.errors import CheckpointError
-from koquant.plan.gguf_reader import read_gguf
+from koquant.exporters.gguf.reader import read_gguf
 from koquant.plan.gguf_size import GGUFPlan, plan_gguf
 from koquant.quant_recipes.gguf import FILE_TYPES
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import KoquantError
+from ..procs import cache_root
 from . import templates
 
 BUILD_VERSION = 4  # bump when the build recipe changes, to invalidate caches
@@ -99,7 +100,7 @@ def get_family(name: str) -> Family:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KOQUANT_CACHE") or Path.home() / ".cache" / "koquant") / "miniatures"
+    return cache_root() / "miniatures"
 
 
 def _key(fam: Family, trained: bool) -> str:

@@ -20,15 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import BackendMissingError, ExportError
+from ...errors import BackendMissingError, ExportError, missing_extra
+from ...procs import cache_root
 from ...source.architectures import ARCHITECTURES, GGUF_EMBED, GGUF_HEAD, GGUF_LAYERS, GGUF_NORM, Dims
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("KOQUANT_CACHE") or Path.home() / ".cache" / "koquant")
 
 
 def import_llama_cpp():
@@ -36,10 +33,9 @@ def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError:
-        raise BackendMissingError(
-            "GGUF export needs llama-cpp-python, which is not installed",
-            hint=f"pip install -c constraints.txt -e '.[gguf]' in a checkout, or pip install 'koquant[gguf]' "
-            f"(builds {SDIST} from source, ~12 CPU-minutes)",
+        raise missing_extra(
+            "GGUF export needs llama-cpp-python, which is not installed", "gguf",
+            more=f" in a checkout, or pip install 'koquant[gguf]' (builds {SDIST} from source, ~12 CPU-minutes)",
         ) from None
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
         raise BackendMissingError(

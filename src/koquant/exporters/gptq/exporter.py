@@ -30,7 +30,7 @@ from ...artifact import ArtifactFile
 from ...source.architectures import ARCHITECTURES, Architecture, Dims
 from ...source.checkpoint import sha256_file
 from ... import procs
-from ...errors import BackendMissingError, ExportError, KoquantError, RecipeError
+from ...errors import ExportError, KoquantError, RecipeError, missing_extra
 from ...quant_recipes import gptq as variants
 from ...quant_recipes.gptq import parse_quant, quant_name
 from .. import register_format
@@ -93,14 +93,11 @@ def check_install() -> str:
     except md.PackageNotFoundError:
         version = None
     if version is None or importlib.util.find_spec("gptqmodel") is None:
-        raise BackendMissingError("GPTQ export needs GPTQModel, which is not installed",
-                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+        raise missing_extra("GPTQ export needs GPTQModel, which is not installed", "gptq")
     if version != GPTQMODEL_PINNED:
-        raise BackendMissingError(f"gptqmodel {version} is installed, but koquant is built against {GPTQMODEL_PINNED}",
-                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+        raise missing_extra(f"gptqmodel {version} is installed, but koquant is built against {GPTQMODEL_PINNED}", "gptq")
     if importlib.util.find_spec("optimum") is None:
-        raise BackendMissingError("loading GPTQ checkpoints with transformers needs optimum, which is not installed",
-                                  hint="pip install -c constraints.txt -e '.[gptq]'")
+        raise missing_extra("loading GPTQ checkpoints with transformers needs optimum, which is not installed", "gptq")
     return version
 
 
@@ -266,7 +263,7 @@ _LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")
 
 
 def _worker_env(work: Path, threads: int) -> dict:
-    from ..gguf.llamacpp import cache_root
+    from ...procs import cache_root
 
     env = dict(os.environ)
     cores = threads or os.cpu_count() or 2

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendMissingError, ExportError
+from ...errors import BackendMissingError, ExportError, install_hint, missing_extra
 
 CPU_PACKAGES = ("onnxruntime", "onnxruntime-genai")
 GPU_PACKAGES = ("onnxruntime-gpu", "onnxruntime-genai-cuda")
 GENAI_PINNED = "0.18.0"  # the builder's graphs and options are those of this release
 BUILDER_DEPENDENCIES = ("onnx", "onnx-ir", "torch")  # imported by the builder but not declared by it
 _REINSTALL = ("pip uninstall -y onnxruntime onnxruntime-genai onnxruntime-gpu onnxruntime-genai-cuda && "
-              "pip install -c constraints.txt -e '.[onnx]'   (or '.[onnx-gpu]' on a CUDA machine, never both)")
+              + install_hint("onnx") + "   (or '.[onnx-gpu]' on a CUDA machine, never both)")
 
 
 class OnnxRuntimeConflictError(BackendMissingError):
@@ -55,20 +55,20 @@ def check_install() -> dict[str, str]:
         )
     genai = found.get("onnxruntime-genai") or found.get("onnxruntime-genai-cuda")
     if genai is None or not (found.get("onnxruntime") or found.get("onnxruntime-gpu")):
-        raise BackendMissingError(
+        raise missing_extra(
             "ONNX export needs onnxruntime and onnxruntime-genai, which are not installed",
-            hint="pip install -c constraints.txt -e '.[onnx]'",
+            "onnx",
         )
     if genai != GENAI_PINNED:
-        raise BackendMissingError(
+        raise missing_extra(
             f"onnxruntime-genai {genai} is installed, but koquant is built against {GENAI_PINNED}",
-            hint="pip install -c constraints.txt -e '.[onnx]'",
+            "onnx",
         )
     missing = [d for d in BUILDER_DEPENDENCIES if importlib.util.find_spec(d.replace("-", "_")) is None]
     if missing:
-        raise BackendMissingError(
+        raise missing_extra(
             f"onnxruntime-genai's model builder needs {', '.join(missing)}, which is not installed",
-            hint="pip install -c constraints.txt -e '.[onnx]'",
+            "onnx",
         )
     return found
 

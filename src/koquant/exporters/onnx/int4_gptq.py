@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...source.architectures import Architecture, architecture_for
+from ..layerwise import capture_layer_inputs, run_layer
 
 # Dampening added to the Hessian diagonal, as a fraction of its mean. The paper's 0.01 fits the
 # calibration text's activations too closely: on the miniatures (trained on that very text) it loses
@@ -103,45 +104,6 @@ def gptq(weight, hessian, block: int, percdamp: float = PERCDAMP) -> Int4Weight:
     return Int4Weight(codes, scales, block)
 
 
-class _Captured(Exception):
-    pass
-
-
-def _capture_layer_inputs(model, layers, chunks) -> list[tuple]:
-    """(hidden_states, kwargs) at the first decoder layer, for every calibration chunk."""
-    import torch
-
-    captured = []
-
-    def grab(module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden.detach(), dict(kwargs)))
-        raise _Captured
-
-    hook = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            for ids in chunks.ids:
-                try:
-                    model(input_ids=torch.tensor([ids]), use_cache=False)
-                except _Captured:
-                    pass
-    finally:
-        hook.remove()
-    return captured
-
-
-def _run_layer(layer, inputs):
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for hidden, kwargs in inputs:
-            y = layer(hidden, **kwargs)
-            out.append((y[0] if isinstance(y, tuple) else y, kwargs))
-    return out
-
-
 def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float = PERCDAMP,
                      arch: Architecture | None = None) -> dict[str, Int4Weight]:
     """GPTQ every decoder-layer Linear of ``model`` on the calibration ``chunks``, layer by layer.
@@ -155,7 +117,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
     arch = arch or architecture_for(model.config)
     layers = model.get_submodule(arch.layers)
     linears = arch.onnx.linears
-    inputs = _capture_layer_inputs(model, layers, chunks)
+    inputs = capture_layer_inputs(model, layers[0], chunks.ids)
     result: dict[str, Int4Weight] = {}
     for i, layer in enumerate(layers):
         mods = dict(layer.named_modules())
@@ -167,7 +129,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                 hess[stem] = hess.get(stem, 0) + 2 * (x.T @ x)
             hooks.append(mods[names[0]].register_forward_pre_hook(acc))
         try:
-            _run_layer(layer, inputs)
+            run_layer(layer, inputs)
         finally:
             for h in hooks:
                 h.remove()
@@ -184,7 +146,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                 mods[nm].weight.data = deq[row:row + rows].to(originals[nm].dtype)
                 row += rows
         try:
-            inputs = _run_layer(layer, inputs)  # the next layer sees this layer's quantized outputs
+            inputs = run_layer(layer, inputs)  # the next layer sees this layer's quantized outputs
         finally:
             for nm, data in originals.items():
                 mods[nm].weight.data = data

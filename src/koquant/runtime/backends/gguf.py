@@ -52,7 +52,7 @@ class GGUFBackend(Backend):
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, flash_attn: bool = False):
-        from ...plan.gguf_reader import read_gguf
+        from ...exporters.gguf.reader import read_gguf
 
         # koquant's bounded header parser first: a corrupt, truncated or hostile header (huge lengths,
         # impossible shapes) stops here with a clear message and never reaches llama.cpp's loader

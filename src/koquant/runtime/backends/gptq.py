@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from ...errors import BackendMissingError
+from ...errors import missing_extra
 from .hf import HFBackend
 from ..loader import Target, register_backend
 
@@ -24,11 +24,10 @@ class GPTQBackend(HFBackend):
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None):
         missing = [m for m in ("gptqmodel", "optimum") if importlib.util.find_spec(m) is None]
         if missing:
-            raise BackendMissingError(f"running a GPTQ checkpoint needs {' and '.join(missing)}, not installed",
-                                      hint="pip install -c constraints.txt -e '.[gptq]'")
+            raise missing_extra(f"running a GPTQ checkpoint needs {' and '.join(missing)}, not installed", "gptq")
         # GPTQModel crashes on machines with <= 3 cores unless it has at least two CPU workers
         os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-        from ...exporters.gguf.llamacpp import cache_root
+        from ...procs import cache_root
 
         os.environ.setdefault("GPTQMODEL_TORCH_EXTENSIONS_DIR", str(cache_root() / "gptqmodel-extensions"))
         super().__init__(target, dtype="float32", threads=threads, n_ctx=n_ctx)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import BackendMissingError
+from ...errors import missing_extra
 from ..loader import LoadError, Target, register_backend
 from ..session import Backend
 
@@ -39,8 +39,7 @@ class OnnxBackend(Backend):
         try:
             from ...exporters.onnx import genai  # koquant's onnxruntime-genai helpers: install checks, loading
         except ImportError:
-            raise BackendMissingError("this koquant has no onnxruntime-genai support installed",
-                                      hint="pip install -c constraints.txt -e '.[onnx]'") from None
+            raise missing_extra("this koquant has no onnxruntime-genai support installed", "onnx") from None
         self._og = genai.import_og()
         self.model = genai.load_model(self.folder, self._threads)
         self.n_vocab = int(config["vocab_size"])
