@@ -1,7 +1,7 @@
 """What an export leaves behind: the artifact folder and its ``koquant.json`` manifest.
 
-- :mod:`~koquant.artifact.manifest`: :class:`Artifact`, :class:`ArtifactFile`, reading (checked) and
-  writing the manifest;
+- :mod:`~koquant.artifact.manifest`: :class:`Manifest` (typed), :class:`ArtifactFile`, :class:`Artifact`,
+  reading (checked) and writing the manifest;
 - :mod:`~koquant.artifact.inventory`: the size and sha256 of every file, recorded in the manifest;
 - :mod:`~koquant.artifact.atomic`: the output lock, the staged folder swapped into place, recovery
   after a killed export, disk-full detection;
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from .atomic import check_output_location, disk_full, output_lock, publish, recover, staged_output
 from .inventory import inventory
-from .manifest import (MANIFEST, MANIFEST_SCHEMA, Artifact, ArtifactFile, check_manifest, read_manifest, safe_relative,
-                       write_manifest)
+from .manifest import (MANIFEST, MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_manifest, load_manifest,
+                       read_manifest, safe_relative, write_manifest)
 
-__all__ = ["MANIFEST", "MANIFEST_SCHEMA", "Artifact", "ArtifactFile", "check_manifest", "check_output_location",
-           "disk_full", "inventory", "output_lock", "publish", "read_manifest", "recover", "safe_relative",
+__all__ = ["MANIFEST", "MANIFEST_SCHEMA", "Artifact", "ArtifactFile", "Manifest", "check_manifest",
+           "check_output_location", "disk_full", "inventory", "load_manifest", "output_lock", "publish", "read_manifest", "recover", "safe_relative",
            "staged_output", "write_manifest"]

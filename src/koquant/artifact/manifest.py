@@ -1,4 +1,4 @@
-"""The ``koquant.json`` manifest: :class:`Artifact`, :class:`ArtifactFile`, reading (checked) and writing.
+"""The ``koquant.json`` manifest: :class:`Manifest`, :class:`ArtifactFile`, :class:`Artifact`, reading (checked) and writing.
 
 An artifact folder holds the exported files plus ``koquant.json``; :func:`read_manifest` refuses a
 manifest that is too large, not JSON, or whose fields have the wrong types, before any reader indexes
@@ -20,8 +20,13 @@ MANIFEST_SCHEMA = 1
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # real manifests are a few hundred KiB
 
 
+_FILE_KEYS = ("path", "quant", "sha256", "size", "tensor_type_counts", "tensor_types", "fallbacks", "validation", "notes")
+
+
 @dataclass
 class ArtifactFile:
+    """One exported file's record under ``files``; ``extra``: keys this koquant does not know (kept as read)."""
+
     path: str  # relative to the artifact folder
     quant: str
     sha256: str = ""
@@ -30,35 +35,135 @@ class ArtifactFile:
     fallbacks: list[dict] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    _keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # key order as read
 
     def to_dict(self) -> dict:
         counts: dict[str, int] = {}
         for t in self.tensor_types.values():
             counts[t] = counts.get(t, 0) + 1
-        return {
+        known = {
             "path": self.path, "quant": self.quant, "sha256": self.sha256, "size": self.size,
             "tensor_type_counts": dict(sorted(counts.items())), "tensor_types": dict(sorted(self.tensor_types.items())),
             "fallbacks": self.fallbacks, "validation": self.validation, "notes": self.notes,
         }
+        return _ordered(known, self.extra, self._keys)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ArtifactFile":
+        extra = {k: v for k, v in d.items() if k not in _FILE_KEYS}
+        if "tensor_types" not in d and "tensor_type_counts" in d:  # counts alone cannot be derived again
+            extra["tensor_type_counts"] = d["tensor_type_counts"]
+        return cls(d.get("path"), d.get("quant"), d.get("sha256", ""), d.get("size", 0), dict(d.get("tensor_types", {})),
+                   d.get("fallbacks", []), d.get("validation", {}), d.get("notes", []), extra, tuple(d))
+
+
+def _ordered(known: dict, extra: dict, keys: tuple[str, ...] | None) -> dict:
+    """``known`` plus ``extra`` as JSON: a fresh record in ``known``'s order; one read from disk in the order
+    it was read (only the keys it had, then any record set since)."""
+    if keys is None:
+        return {**known, **extra}
+    out = {}
+    for k in keys:
+        if k in extra:
+            out[k] = extra[k]
+        elif k in known:
+            out[k] = known[k]
+    for k, v in (*known.items(), *extra.items()):
+        if k not in out and k not in keys and not _unset(v):
+            out[k] = v
+    return out
+
+
+def _unset(value) -> bool:
+    return value is None or (type(value) in (str, int, list, dict) and not value)
+
+
+_REQUIRED = ("schema", "format", "name", "source", "recipe", "calibration", "evaluation", "chat_template", "tokenizer",
+             "generation_config", "tools", "files", "notes")
+_SECTIONS = ("onnx", "gptq", "part_of", "folder_files", "inventory")  # written only when set
+
+
+@dataclass
+class Manifest:
+    """``koquant.json``: what was exported, from what, how, and how it validated.
+
+    The top-level records are attributes; the sections inside them (``source``, ``recipe``,
+    ``calibration``, ...) are the JSON objects as written. ``onnx`` / ``gptq``: the format's own record;
+    ``part_of`` / ``folder_files``: an ONNX precision folder's manifest; ``inventory``: every file's size
+    and sha256 (``koquant verify``). ``extra``: top-level keys this koquant does not know, kept as read.
+    """
+
+    format: str
+    name: str | None = None
+    schema: int = MANIFEST_SCHEMA
+    source: dict | None = None
+    recipe: dict | None = None
+    calibration: dict | None = None
+    evaluation: dict | None = None
+    chat_template: dict | None = None
+    tokenizer: dict | None = None
+    generation_config: dict | None = None
+    tools: dict | None = None
+    files: list[ArtifactFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    onnx: dict | None = None
+    gptq: dict | None = None
+    part_of: str | None = None
+    folder_files: dict | None = None
+    inventory: dict | None = None
+    extra: dict = field(default_factory=dict)
+    _keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # key order as read
+
+    def to_dict(self) -> dict:
+        known = {k: getattr(self, k) for k in _REQUIRED}
+        known["files"] = [f.to_dict() for f in self.files]
+        known.update({k: getattr(self, k) for k in _SECTIONS if getattr(self, k) is not None})
+        return _ordered(known, self.extra, self._keys)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        """A manifest as JSON (checked by :func:`check_manifest` first when it comes from disk)."""
+        known = {k: d[k] for k in (*_REQUIRED, *_SECTIONS) if k in d}
+        known["files"] = [ArtifactFile.from_dict(f) for f in d.get("files", [])]
+        known.setdefault("notes", [])
+        known.setdefault("schema", None)
+        extra = {k: v for k, v in d.items() if k not in _REQUIRED and k not in _SECTIONS}
+        return cls(**known, extra=extra, _keys=tuple(d))
+
+    def file(self, path: str) -> ArtifactFile | None:
+        """The record of the file at ``path`` (relative to the artifact folder), if listed."""
+        return next((f for f in self.files if f.path == path), None)
 
 
 @dataclass
 class Artifact:
+    """An artifact folder and its manifest (``record``); ``manifest`` and ``files`` are the JSON view."""
+
     path: Path
-    manifest: dict
+    record: Manifest
+
+    @property
+    def manifest(self) -> dict:
+        return self.record.to_dict()
 
     @property
     def files(self) -> list[dict]:
-        return self.manifest.get("files", [])
+        return [f.to_dict() for f in self.record.files]
 
     @property
     def format(self) -> str:
-        return self.manifest["format"]
+        return self.record.format
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Artifact":
         p = Path(path)
-        return cls(p, read_manifest(p))
+        return cls(p, load_manifest(p))
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """The manifest of ``folder``, checked (:func:`read_manifest`) and typed."""
+    return Manifest.from_dict(read_manifest(folder))
 
 
 def read_manifest(folder: Path) -> dict:
@@ -136,7 +241,8 @@ def check_manifest(manifest, where) -> None:
         raise ArtifactError(f"{bad}: 'notes' is not a list", hint="re-run the export")
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
+def write_manifest(folder: Path, manifest: Manifest | dict) -> Path:
     p = folder / MANIFEST
-    p.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    data = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
+    p.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
     return p

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .manifest import Manifest
+
 _LIBRARY = {"gguf": "gguf", "gptq": "transformers", "onnx": "onnxruntime-genai"}
 
 
@@ -15,11 +17,13 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def render_model_card(m: dict) -> str:
-    fmt = m["format"]
+def render_model_card(m: Manifest | dict) -> str:
+    if not isinstance(m, Manifest):
+        m = Manifest.from_dict(m)
+    fmt = m.format
     lines = [
         "---",
-        f"base_model: {m['source']['base_model']}",
+        f"base_model: {m.source['base_model']}",
         "quantized_by: koquant",
         f"library_name: {_LIBRARY.get(fmt, fmt)}",
         "language:",
@@ -30,33 +34,33 @@ def render_model_card(m: dict) -> str:
         "- koquant",
         "---",
         "",
-        f"# {m['name']} ({fmt.upper()})",
+        f"# {m.name} ({fmt.upper()})",
         "",
-        f"Exported by koquant {m['tools']['koquant']} from `{m['source']['name']}` "
-        f"({m['source']['architecture']}, {m['source']['dtype']}). Every file below was loaded back and compared "
-        f"with the source on held-out Korean text ({m['evaluation']['text']}, {m['evaluation']['chunks']} chunks of "
-        f"{m['evaluation']['chunk_size']} tokens) before it was published.",
+        f"Exported by koquant {m.tools['koquant']} from `{m.source['name']}` "
+        f"({m.source['architecture']}, {m.source['dtype']}). Every file below was loaded back and compared "
+        f"with the source on held-out Korean text ({m.evaluation['text']}, {m.evaluation['chunks']} chunks of "
+        f"{m.evaluation['chunk_size']} tokens) before it was published.",
         "",
         "## Validation",
         "",
         "| file | quant | size | top-1 agreement | mean KL | p99 KL | max abs logit diff | token ids identical | passed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for f in m["files"]:
-        v = f["validation"]
+    for f in m.files:
+        v = f.validation
         lines.append(
-            f"| {f['path']} | {f['quant']} | {_size(f['size'])} | {v['top1']:.4f} | {v['kl_mean']:.3g} | "
+            f"| {f.path} | {f.quant} | {_size(f.size)} | {v['top1']:.4f} | {v['kl_mean']:.3g} | "
             f"{v['kl_p99']:.3g} | {v['max_abs_diff']:.3g} | {'yes' if v['token_ids_identical'] else 'NO'} | "
             f"{'yes' if v['passed'] else 'NO'} |"
         )
-    fallbacks = [(f["path"], fb) for f in m["files"] for fb in f.get("fallbacks", [])]
+    fallbacks = [(f.path, fb) for f in m.files for fb in f.fallbacks]
     if fallbacks:
         lines += ["", "## Per-tensor fallbacks", ""]
         lines += [f"- {p}: `{fb['tensor']}` wanted {fb['wanted']}, used {fb['used']} "
                   f"(ncols {fb['ncols']} not divisible by {fb['block']})" for p, fb in fallbacks]
-    cal = m.get("calibration")
+    cal = m.calibration
     lines += ["", "## Recipe", ""]
-    r = m["recipe"]
+    r = m.recipe
     lines.append(f"- quant types: {', '.join(r['quants'])}")
     if cal:
         lines.append(f"- calibration: `{cal['name']}` (sha256 {cal['sha256'][:16]}…), "
@@ -64,11 +68,11 @@ def render_model_card(m: dict) -> str:
                      + (cal["used_for"] if "used_for" in cal else f"Korean importance matrix in `{cal.get('file', '-')}`"))
     else:
         lines.append("- calibration: none")
-    if m["chat_template"]["sha256"]:
-        lines.append(f"- chat template: the source's own, byte-identical (sha256 {m['chat_template']['sha256'][:16]}…)")
+    if m.chat_template["sha256"]:
+        lines.append(f"- chat template: the source's own, byte-identical (sha256 {m.chat_template['sha256'][:16]}…)")
     lines += ["", "## Use", ""]
     if fmt == "gguf":
-        first = m["files"][0]["path"]
+        first = m.files[0].path
         lines += ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
     if fmt == "onnx":
         lines += _onnx_use(m)
@@ -78,11 +82,11 @@ def render_model_card(m: dict) -> str:
     return "\n".join(lines)
 
 
-def _onnx_use(m: dict) -> list[str]:
+def _onnx_use(m: Manifest) -> list[str]:
     """How to run an ONNX folder with onnxruntime-genai, and what its own tokenizer/template engine get wrong."""
-    onnx = m.get("onnx", {})
+    onnx = m.onnx if m.onnx is not None else {}
     folder = next(iter(onnx.get("folders", {}).values()), "./")
-    lines = [f"- `{f['path']}`: {'; '.join(f['notes'])}" for f in m["files"] if f.get("notes")]
+    lines = [f"- `{f.path}`: {'; '.join(f.notes)}" for f in m.files if f.notes]
     lines += ["", "Each quant folder runs with onnxruntime-genai (`pip install onnxruntime-genai`):", "", "```python",
              "import onnxruntime_genai as og", f'model = og.Model("{folder}")',
              "params = og.GeneratorParams(model)", "params.set_search_options(max_length=256)",
@@ -105,10 +109,10 @@ def _onnx_use(m: dict) -> list[str]:
     return lines
 
 
-def _gptq_use(m: dict) -> list[str]:
+def _gptq_use(m: Manifest) -> list[str]:
     """How to load a GPTQ checkpoint, and what it is."""
-    g = m.get("gptq", {})
-    lines = [f"- `{f['path']}`: {'; '.join(f['notes'])}" for f in m["files"] if f.get("notes")]
+    g = m.gptq if m.gptq is not None else {}
+    lines = [f"- `{f.path}`: {'; '.join(f.notes)}" for f in m.files if f.notes]
     lines += [
         f"- layout: {g.get('layout', 'GPTQ v1')}, `quantize_config.json` and `quantization_config` in `config.json`; "
         "lm_head and embeddings stay in floating point", "",
@@ -121,7 +125,7 @@ def _gptq_use(m: dict) -> list[str]:
     return lines
 
 
-def write_model_card(folder: Path, manifest: dict) -> Path:
+def write_model_card(folder: Path, manifest: Manifest | dict) -> Path:
     p = folder / "README.md"
     p.write_text(render_model_card(manifest), encoding="utf-8")
     return p

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ArtifactError
 from ..source.checkpoint import sha256_file
-from .manifest import MANIFEST, read_manifest
+from .manifest import MANIFEST, Manifest, load_manifest
 
 
 @dataclass
@@ -73,16 +73,16 @@ def verify_artifact(path: str | os.PathLike) -> Verification:
         root = root.parent
     if not root.is_dir():
         raise ArtifactError(f"{root} is not an artifact folder", hint="pass the folder koquant export wrote (with koquant.json)")
-    manifest = read_manifest(root)
-    inv = manifest.get("inventory")
-    if inv is None and isinstance(manifest.get("part_of"), str) and (root.parent / MANIFEST).is_file():
+    manifest = load_manifest(root)
+    inv = manifest.inventory
+    if inv is None and isinstance(manifest.part_of, str) and (root.parent / MANIFEST).is_file():
         whole = verify_artifact(root.parent)  # an ONNX precision folder: its files are in the artifact's inventory
         whole.notes.insert(0, f"{root.name}/ is part of the artifact {root.parent}; the whole artifact was verified")
         return whole
-    if inv is None and isinstance(manifest.get("folder_files"), dict):
+    if inv is None and isinstance(manifest.folder_files, dict):
         # an ONNX precision folder on its own (copied or uploaded without its artifact): its manifest
         # records the hash of every file the runtime reads; its own card is not covered
-        inv = {name: {"sha256": digest, "size": None} for name, digest in manifest["folder_files"].items()}
+        inv = {name: {"sha256": digest, "size": None} for name, digest in manifest.folder_files.items()}
         note = f"{root} is one precision folder of an artifact; checked against its folder_files (README.md is not covered)"
         result = _check(root, inv, skip={MANIFEST, "README.md"})
         result.notes.append(note)
@@ -136,16 +136,16 @@ def _check(root: Path, inv: dict, skip: set[str]) -> Verification:
     return result
 
 
-def _cross_check(root: Path, manifest: dict, inv: dict, result: Verification) -> None:
+def _cross_check(root: Path, manifest: Manifest, inv: dict, result: Verification) -> None:
     """The per-file records must agree with the inventory (a hand-edited manifest shows here), and so
     must the ``folder_files`` of each ONNX precision folder's own manifest."""
-    for f in manifest.get("files", []):
-        rec = inv.get(f["path"])
+    for f in manifest.files:
+        rec = inv.get(f.path)
         if rec is None:
-            result.findings.append(Finding("missing", f["path"], "listed under files but not in the inventory"))
-        elif f.get("sha256") and f["sha256"] != rec["sha256"]:
-            result.findings.append(Finding("changed", f["path"], "files[] and inventory disagree on its sha256"))
-    cal = manifest.get("calibration") or {}
+            result.findings.append(Finding("missing", f.path, "listed under files but not in the inventory"))
+        elif f.sha256 and f.sha256 != rec["sha256"]:
+            result.findings.append(Finding("changed", f.path, "files[] and inventory disagree on its sha256"))
+    cal = manifest.calibration or {}
     if cal.get("file") and cal.get("imatrix_sha256"):
         rec = inv.get(cal["file"]) if isinstance(cal["file"], str) else None
         if rec is None or rec["sha256"] != cal["imatrix_sha256"]:
@@ -157,11 +157,11 @@ def _cross_check(root: Path, manifest: dict, inv: dict, result: Verification) ->
         if Path(rel).name != MANIFEST or folder == ".":
             continue
         try:
-            sub = read_manifest(root / folder)
+            sub = load_manifest(root / folder)
         except ArtifactError as e:
             result.findings.append(Finding("changed", rel, e.message))
             continue
-        for name, digest in (sub.get("folder_files") or {}).items():
+        for name, digest in (sub.folder_files or {}).items():
             rec = inv.get(f"{folder}/{name}")
             if rec is None or rec["sha256"] != digest:
                 result.findings.append(Finding("changed", f"{folder}/{name}",

@@ -86,9 +86,9 @@ def _variants(p: Path) -> list[str | None]:
     from ..artifact import MANIFEST, Artifact
 
     if p.is_dir() and (p / MANIFEST).is_file():
-        files = [f for f in Artifact.open(p).files if isinstance(f, dict) and f.get("quant")]
+        files = [f for f in Artifact.open(p).record.files if f.quant]
         if len(files) > 1:
-            return [str(f["quant"]) for f in files]
+            return [str(f.quant) for f in files]
     return [None]
 
 

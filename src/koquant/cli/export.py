@@ -144,16 +144,16 @@ main_demo = main_export
 def _report(art, as_json: bool) -> None:
     if as_json:
         summary = {"artifact": str(art.path), "files": [
-            {k: f[k] for k in ("path", "quant", "size", "sha256")} | {"validation": {
-                k: f["validation"][k] for k in ("top1", "kl_mean", "max_abs_diff", "token_ids_identical", "passed")}}
-            for f in art.files]}
+            {"path": f.path, "quant": f.quant, "size": f.size, "sha256": f.sha256} | {"validation": {
+                k: f.validation[k] for k in ("top1", "kl_mean", "max_abs_diff", "token_ids_identical", "passed")}}
+            for f in art.record.files]}
         print(json.dumps(summary, indent=2, ensure_ascii=False))
         return
     rows = []
-    for f in art.files:
-        v = f["validation"]
-        rows.append((f["path"], f["quant"], f"{f['size'] / 2**20:.1f}", f"{v['top1']:.4f}", f"{v['kl_mean']:.2e}",
-                     f"{v['max_abs_diff']:.2e}", "same" if v["token_ids_identical"] else "DIFF", str(len(f["fallbacks"]))))
+    for f in art.record.files:
+        v = f.validation
+        rows.append((f.path, f.quant, f"{f.size / 2**20:.1f}", f"{v['top1']:.4f}", f"{v['kl_mean']:.2e}",
+                     f"{v['max_abs_diff']:.2e}", "same" if v["token_ids_identical"] else "DIFF", str(len(f.fallbacks))))
     print_table(f"{art.path} (validated against the source)",
                 ("file", "quant", "MiB", "top-1", "mean KL", "max |Δlogit|", "ids", "fallbacks"), rows)
     print(f"manifest: {art.path / 'koquant.json'}\nmodel card: {art.path / 'README.md'}", file=sys.stdout)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, check_output_location, inventory, staged_output,
-                       write_manifest)
+from ..artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_output_location, inventory,
+                       staged_output, write_manifest)
 from ..quant_recipes.calibration import TextSet, check_disjoint, korean_constitution, load_text_set
 from ..source.checkpoint import Checkpoint
 from ..errors import RecipeError, ValidationError
@@ -32,7 +32,10 @@ class ExportContext:
     work: Path  # scratch space, removed before the artifact is published
     calibration: TextSet | None
     progress: object = None
-    notes: dict = field(default_factory=dict)
+    # what the exporter records for the manifest (set by export(), read by build_manifest):
+    calibration_use: dict = field(default_factory=dict)  # how it used the calibration text (GGUF: its imatrix)
+    onnx: dict | None = None  # the manifest's "onnx" record
+    gptq: dict | None = None  # the manifest's "gptq" record
 
     @contextmanager
     def task(self, description: str, total: int):
@@ -98,11 +101,11 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
                 + "\n".join(f"  {f.path}: {'; '.join(f.validation['failures'])}" for f in failed),
                 hint="try a higher-precision quant type, or check the source model loads and generates sensibly",
             )
-        finalize = getattr(exporter, "finalize", None)  # optional: per-format records (e.g. ONNX per-quant folders)
+        finalize = getattr(exporter, "finalize", None)  # optional: per-format files (e.g. ONNX per-quant folders)
         if finalize is not None:
             finalize(ctx, manifest)
         write_model_card(tmp, manifest)
-        manifest["inventory"] = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
+        manifest.inventory = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
         write_manifest(tmp, manifest)
     return Artifact(out, manifest)
 
@@ -127,34 +130,36 @@ def _token_text(token) -> str | None:
 
 
 def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: str | None,
-                   tool_packages: tuple[str, ...] = ()) -> dict:
+                   tool_packages: tuple[str, ...] = ()) -> Manifest:
     ckpt, ref = ctx.ckpt, ctx.reference
     tok = ref.tokenizer
     calib = None
     if ctx.calibration is not None:
         calib = {"name": ctx.calibration.name, "sha256": ctx.calibration.sha256,
                  "documents": len(ctx.calibration.documents), "chat_rendered": ctx.recipe.calib_chat,
-                 **ctx.notes.get("imatrix", {}), **ctx.notes.get("calibration_use", {})}
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "format": ctx.recipe.fmt,
-        "name": ctx.recipe.name or ckpt.name,
-        "source": {
+                 **ctx.calibration_use}
+    return Manifest(
+        schema=MANIFEST_SCHEMA,
+        format=ctx.recipe.fmt,
+        name=ctx.recipe.name or ckpt.name,
+        source={
             "name": ckpt.name,
             "base_model": base_model or ckpt.config.get("_name_or_path") or ckpt.name,
             "architecture": ckpt.architecture.hf_class,
             "dtype": ckpt.source_dtype,
             "files": ckpt.file_hashes(),
         },
-        "recipe": ctx.recipe.to_dict(),
-        "calibration": calib,
-        "evaluation": {"text": ref.heldout.name, "sha256": ref.heldout.sha256, "chunks": len(ref.eval_chunks.ids),
+        recipe=ctx.recipe.to_dict(),
+        calibration=calib,
+        evaluation={"text": ref.heldout.name, "sha256": ref.heldout.sha256, "chunks": len(ref.eval_chunks.ids),
                        "chunk_size": ref.eval_chunks.n_ctx, "heldout_tokens": len(ref.heldout_ids)},
-        "chat_template": {"sha256": ckpt.chat_template_sha256, "template": ckpt.chat_template},
-        "tokenizer": {"bos_token": tok.bos_token, "eos_token": tok.eos_token, "adds_bos": ref.bos_id is not None,
+        chat_template={"sha256": ckpt.chat_template_sha256, "template": ckpt.chat_template},
+        tokenizer={"bos_token": tok.bos_token, "eos_token": tok.eos_token, "adds_bos": ref.bos_id is not None,
                       "folder": "tokenizer" if (ctx.out / "tokenizer").is_dir() else None},
-        "generation_config": ckpt.generation_config,
-        "tools": tool_versions(tool_packages),
-        "files": [f.to_dict() for f in files],
-        "notes": [ckpt.architecture.manifest_note] if ckpt.architecture.manifest_note else [],
-    }
+        generation_config=ckpt.generation_config,
+        tools=tool_versions(tool_packages),
+        files=list(files),
+        notes=[ckpt.architecture.manifest_note] if ckpt.architecture.manifest_note else [],
+        onnx=ctx.onnx,
+        gptq=ctx.gptq,
+    )

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import MANIFEST
+from ..artifact import MANIFEST, ArtifactFile, Manifest
 from ..errors import KoquantError
 
 #: format -> module that registers its backend (imported only when a model of that format is loaded)
@@ -51,19 +51,19 @@ class Target:
     model: Path  # the folder (hf, onnx, gptq) or the .gguf file
     tokenizer_dir: Path | None  # where the source tokenizer files are; None: the backend's own only
     artifact: Path | None = None  # the koquant artifact folder, when koquant made it
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     quant: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
     def chat_template(self) -> str | None:
-        tpl = ((self.manifest or {}).get("chat_template") or {}).get("template")
+        tpl = ((self.manifest.chat_template if self.manifest is not None else None) or {}).get("template")
         return tpl if isinstance(tpl, str) else None
 
     @property
     def generation_config(self) -> dict | None:
-        if self.manifest is not None and isinstance(self.manifest.get("generation_config"), dict):
-            return self.manifest["generation_config"]
+        if self.manifest is not None and isinstance(self.manifest.generation_config, dict):
+            return self.manifest.generation_config
         for folder in (self.tokenizer_dir, self.model if self.model.is_dir() else None):
             if folder is not None and (folder / "generation_config.json").is_file():
                 return _read_json(folder / "generation_config.json")
@@ -101,7 +101,8 @@ def load(path: str | os.PathLike, *, quant: str | None = None, chat_template: st
         if chat_template is not None:
             notes.append("chat template given by the caller")
         return Session(backend, tokenizer, path=target.model, chat_template=template,
-                       generation_config=target.generation_config, quant=target.quant, manifest=target.manifest,
+                       generation_config=target.generation_config, quant=target.quant,
+                       manifest=target.manifest.to_dict() if target.manifest is not None else None,
                        notes=notes)
     except BaseException:
         backend.close()
@@ -137,48 +138,48 @@ def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
 def _gguf_file(p: Path, quant: str | None) -> Target:
     manifest = _manifest(p.parent)
     entry = None
-    if manifest is not None and manifest.get("format") == "gguf":
-        entry = next((f for f in manifest.get("files", []) if f.get("path") == p.name), None)
+    if manifest is not None and manifest.format == "gguf":
+        entry = manifest.file(p.name)
     if entry is None:  # a GGUF koquant did not make (or moved out of its artifact)
         if quant is not None and quant.upper() not in p.name.upper():
             raise LoadError(f"quant={quant!r} was asked for, but {p.name} is the file given", hint="drop quant=")
         return Target("gguf", p, None, quant=_quant_from_name(p.name))
-    if quant is not None and quant.upper() != str(entry.get("quant", "")).upper():
-        raise LoadError(f"quant={quant!r} was asked for, but {p.name} is {entry.get('quant')}", hint="drop quant=")
+    if quant is not None and quant.upper() != str(entry.quant or "").upper():
+        raise LoadError(f"quant={quant!r} was asked for, but {p.name} is {entry.quant}", hint="drop quant=")
     return _gguf_target(p.parent, manifest, entry)
 
 
-def _gguf_target(folder: Path, manifest: dict, entry: dict) -> Target:
-    path = folder / entry["path"]
+def _gguf_target(folder: Path, manifest: Manifest, entry: ArtifactFile) -> Target:
+    path = folder / entry.path
     if not path.is_file():
         raise LoadError(f"{path.name} is listed in {folder / MANIFEST} but missing", hint="re-run the export")
     notes = []
-    if entry.get("size") and path.stat().st_size != entry["size"]:
-        notes.append(f"{path.name} is {path.stat().st_size} bytes but the manifest recorded {entry['size']}: "
+    if entry.size and path.stat().st_size != entry.size:
+        notes.append(f"{path.name} is {path.stat().st_size} bytes but the manifest recorded {entry.size}: "
                      "the file was changed after export")
-    return Target("gguf", path, _tokenizer_dir(folder, manifest), folder, manifest, entry.get("quant"), notes)
+    return Target("gguf", path, _tokenizer_dir(folder, manifest), folder, manifest, entry.quant, notes)
 
 
-def _artifact(folder: Path, manifest: dict, quant: str | None) -> Target:
-    fmt = str(manifest.get("format"))
-    files = [f for f in manifest.get("files", []) if isinstance(f, dict) and isinstance(f.get("path"), str)]
+def _artifact(folder: Path, manifest: Manifest, quant: str | None) -> Target:
+    fmt = str(manifest.format)
+    files = [f for f in manifest.files if isinstance(f.path, str)]
     if fmt == "gguf":
         return _gguf_target(folder, manifest, _choose(folder, files, quant, "GGUF files"))
     if quant is not None or len(files) > 1:
         entry = _choose(folder, files, quant, "variants")
-        sub = folder / entry["path"]
+        sub = folder / entry.path
         if sub.is_file():  # e.g. "int4/model.onnx": the variant is the folder that holds it
             sub = sub.parent
         if sub.is_dir() and sub.resolve() != folder.resolve():
             inner = resolve(sub)
-            inner.quant = inner.quant or entry.get("quant")
+            inner.quant = inner.quant or entry.quant
             return inner
     model = folder
     if fmt == "onnx" and not (folder / "genai_config.json").is_file():
         subs = sorted(d for d in folder.iterdir() if (d / "genai_config.json").is_file())
         if len(subs) == 1:
             model = subs[0]
-    quant_name = files[0].get("quant") if len(files) == 1 else None
+    quant_name = files[0].quant if len(files) == 1 else None
     return Target(fmt, model, _tokenizer_dir(folder, manifest) or _tokenizer_dir(model, None), folder, manifest,
                   quant_name)
 
@@ -188,9 +189,9 @@ def _plain_folder(p: Path, quant: str | None) -> Target:
         return Target("onnx", p, _tokenizer_dir(p, None), quant=quant)
     ggufs = sorted(f for f in p.glob("*.gguf") if f.is_file() and not f.name.startswith("imatrix"))
     if ggufs and not (p / "config.json").is_file():
-        entries = [{"path": f.name, "quant": _quant_from_name(f.name) or f.stem} for f in ggufs]
+        entries = [ArtifactFile(f.name, _quant_from_name(f.name) or f.stem) for f in ggufs]
         entry = _choose(p, entries, quant, "GGUF files")
-        return Target("gguf", p / entry["path"], None, quant=entry["quant"])
+        return Target("gguf", p / entry.path, None, quant=entry.quant)
     if (p / "config.json").is_file():
         config = _read_json(p / "config.json")
         qc = config.get("quantization_config")
@@ -199,14 +200,14 @@ def _plain_folder(p: Path, quant: str | None) -> Target:
         return Target("hf", p, _tokenizer_dir(p, None))
     subs = sorted(d for d in p.iterdir() if d.is_dir() and ((d / MANIFEST).is_file() or (d / "genai_config.json").is_file()))
     if subs:
-        entries = [{"path": d.name, "quant": d.name} for d in subs]
-        return resolve(p / _choose(p, entries, quant, "variants")["path"])
+        entries = [ArtifactFile(d.name, d.name) for d in subs]
+        return resolve(p / _choose(p, entries, quant, "variants").path)
     raise LoadError(f"{p} holds no model koquant can run",
                     hint="expected koquant.json, a .gguf file, genai_config.json or a Hugging Face config.json")
 
 
-def _choose(folder: Path, entries: list[dict], quant: str | None, what: str) -> dict:
-    names = [str(e.get("quant")) for e in entries]
+def _choose(folder: Path, entries: list[ArtifactFile], quant: str | None, what: str) -> ArtifactFile:
+    names = [str(e.quant) for e in entries]
     if not entries:
         raise LoadError(f"{folder} lists no {what}", hint="re-run the export")
     if quant is None:
@@ -216,7 +217,7 @@ def _choose(folder: Path, entries: list[dict], quant: str | None, what: str) -> 
                         hint=f"koquant.load(path, quant={names[-1]!r}) / koquant chat PATH --quant {names[-1]}, "
                         "or pass that file or folder itself")
     for e in entries:
-        if str(e.get("quant")).upper() == quant.upper():
+        if str(e.quant).upper() == quant.upper():
             return e
     raise LoadError(f"{folder} has no {quant}", hint="it holds " + ", ".join(names))
 
@@ -231,8 +232,8 @@ def _quant_from_name(name: str) -> str | None:
     return None
 
 
-def _tokenizer_dir(folder: Path, manifest: dict | None) -> Path | None:
-    sub = ((manifest or {}).get("tokenizer") or {}).get("folder")
+def _tokenizer_dir(folder: Path, manifest: Manifest | None) -> Path | None:
+    sub = ((manifest.tokenizer if manifest is not None else None) or {}).get("folder")
     if isinstance(sub, str):
         d = (folder / sub).resolve()
         if folder.resolve() not in (d, *d.parents):
@@ -245,13 +246,13 @@ def _tokenizer_dir(folder: Path, manifest: dict | None) -> Path | None:
     return None
 
 
-def _manifest(folder: Path) -> dict | None:
+def _manifest(folder: Path) -> Manifest | None:
     m = folder / MANIFEST
     if not m.is_file():
         return None
     from ..artifact import Artifact
 
-    return Artifact.open(folder).manifest
+    return Artifact.open(folder).record
 
 
 def _read_json(path: Path) -> dict:

@@ -62,9 +62,9 @@ class GGUFExporter:
             with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
                 imatrix = compute_imatrix(ref.layerwise, ckpt.architecture, chunks, on_layer=advance)
             llamacpp.write_imatrix_gguf(ctx.out / "imatrix.gguf", imatrix, ctx.calibration.name, chunks.n_ctx)
-            ctx.notes["imatrix"] = {"file": "imatrix.gguf", "imatrix_sha256": sha256_file(ctx.out / "imatrix.gguf"),
-                                    "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                                    "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
+            ctx.calibration_use = {"file": "imatrix.gguf", "imatrix_sha256": sha256_file(ctx.out / "imatrix.gguf"),
+                                   "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                                   "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
 
         _copy_tokenizer(ctx)
         files = []

@@ -169,11 +169,11 @@ class GPTQExporter:
                               hint="run with KOQUANT_DEBUG=1 and report GPTQModel's message above")
         modules = _quant_log(saved / "quant_log.csv")
         self._publish(ctx, saved)
-        ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                                        "tokens": chunks.n_tokens, "used_for": "GPTQ (layer input Hessians)"}
-        ctx.notes["gptq"] = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
-                             "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
-                             "modules": modules}
+        ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                               "tokens": chunks.n_tokens, "used_for": "GPTQ (layer input Hessians)"}
+        ctx.gptq = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
+                    "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
+                    "modules": modules}
         af = ArtifactFile(WEIGHTS, opts.quant)
         af.notes.append(f"{opts.bits}-bit GPTQ, group size {opts.group_size}, "
                         f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
@@ -228,10 +228,6 @@ class GPTQExporter:
                        loaded_with="transformers AutoModelForCausalLM.from_pretrained(device_map='cpu')",
                        kernel=load["linear_class"])
         return verdict
-
-    def finalize(self, ctx, manifest: dict) -> None:
-        manifest["gptq"] = ctx.notes["gptq"]
-
 
 def _drop_volatile(node) -> None:
     if isinstance(node, dict):

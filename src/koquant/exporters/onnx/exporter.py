@@ -15,15 +15,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ... import procs
-from ...artifact import ArtifactFile, write_manifest
+from ...artifact import ArtifactFile, Manifest, write_manifest
 from ...artifact.modelcard import write_model_card
 from ...errors import ExportError, RecipeError
 from ...source.architectures import Architecture
@@ -139,7 +140,7 @@ class ONNXExporter:
                 advance()
         if gptq:
             self._gptq(ctx, opts)
-        ctx.notes["onnx"] = self._runtime_parity(ctx, ctx.out / recipe.quants[0])
+        parity = self._runtime_parity(ctx, ctx.out / recipe.quants[0])
         with ctx.task("validating against the source", len(files)) as advance:
             for af in files:
                 af.validation = self.validate(ctx, ctx.out / af.quant, af.quant)
@@ -149,7 +150,8 @@ class ONNXExporter:
             af.tensor_types = tensor_types(folder / MODEL_FILE)
             af.size = sum((folder / n).stat().st_size for n in (MODEL_FILE, DATA_FILE) if (folder / n).is_file())
             af.sha256 = sha256_file(folder / MODEL_FILE)
-        ctx.notes["onnx_options"] = asdict(opts)
+        ctx.onnx = {"runtime": "onnxruntime-genai", "execution_provider": "cpu", "options": asdict(opts),
+                    "folders": {af.quant: str(Path(af.path).parent) + "/" for af in files}, **parity}
         return files
 
     def _gptq(self, ctx, opts: OnnxOptions) -> None:
@@ -161,8 +163,8 @@ class ONNXExporter:
         with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
             weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance, arch=arch)
         rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, arch), arch.onnx)
-        ctx.notes["calibration_use"] = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                                        "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
+        ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
+                               "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
 
     def _runtime_parity(self, ctx, folder: Path) -> dict:
         """onnxruntime-genai's own tokenizer and template engine against the source's (recorded, not gated)."""
@@ -207,22 +209,15 @@ class ONNXExporter:
         return verdict
 
     # ------------------------------------------------------------------ per-quant records
-    def finalize(self, ctx, manifest: dict) -> None:
-        """Add the ONNX record to the manifest and give every quant folder its own manifest and card."""
-        manifest["onnx"] = {
-            "runtime": "onnxruntime-genai",
-            "execution_provider": "cpu",
-            "options": ctx.notes.get("onnx_options", {}),
-            "folders": {f["quant"]: str(Path(f["path"]).parent) + "/" for f in manifest["files"]},
-            **ctx.notes.get("onnx", {}),
-        }
-        for f in manifest["files"]:
-            folder = Path(f["path"]).parent
-            sub = json.loads(json.dumps(manifest))
-            sub["files"] = [{**f, "path": Path(f["path"]).name}]
-            sub["onnx"]["folders"] = {f["quant"]: "./"}
-            sub["part_of"] = "../koquant.json"
-            sub["folder_files"] = {p.name: sha256_file(p) for p in sorted((ctx.out / folder).iterdir()) if p.is_file()}
+    def finalize(self, ctx, manifest: Manifest) -> None:
+        """Give every quant folder its own manifest and card (the ONNX record is ``ctx.onnx``, set by export)."""
+        for f in manifest.files:
+            folder = Path(f.path).parent
+            sub = copy.deepcopy(manifest)
+            sub.files = [replace(f, path=Path(f.path).name)]
+            sub.onnx["folders"] = {f.quant: "./"}
+            sub.part_of = "../koquant.json"
+            sub.folder_files = {p.name: sha256_file(p) for p in sorted((ctx.out / folder).iterdir()) if p.is_file()}
             write_manifest(ctx.out / folder, sub)
             write_model_card(ctx.out / folder, sub)
 
