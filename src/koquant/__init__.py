@@ -19,32 +19,22 @@ for _name in ("torchao", "torch.utils._pytree"):
     if _logging.getLogger(_name).level == _logging.NOTSET:
         _logging.getLogger(_name).setLevel(_logging.ERROR)
 
-__all__ = ["Artifact", "Checkpoint", "KoquantError", "Recipe", "export", "load", "__version__"]
+# public name -> the module that defines it, imported on first use (see __getattr__)
+_LAZY = {
+    "Artifact": ".artifact",
+    "Checkpoint": ".source.checkpoint",
+    "KoquantError": ".errors",
+    "Recipe": ".quant_recipes.recipe",
+    "export": ".exporters.pipeline",
+    "load": ".runtime.loader",
+}
+
+__all__ = [*_LAZY, "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "export":
-        from .exporters.pipeline import export
+    if name in _LAZY:
+        from importlib import import_module
 
-        return export
-    if name == "load":
-        from .runtime.loader import load
-
-        return load
-    if name == "Recipe":
-        from .quant_recipes.recipe import Recipe
-
-        return Recipe
-    if name == "Checkpoint":
-        from .source.checkpoint import Checkpoint
-
-        return Checkpoint
-    if name == "Artifact":
-        from .artifact import Artifact
-
-        return Artifact
-    if name == "KoquantError":
-        from .errors import KoquantError
-
-        return KoquantError
+        return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'koquant' has no attribute {name!r}")

@@ -118,8 +118,16 @@ def _block(type_name: str) -> int:
 
 
 class _Counters:
+    """llama.cpp's ``i_attention_wv``, ``i_ffn_down``, ...: how many tensors of a category came before."""
+
     def __init__(self) -> None:
-        self.attn_v = self.ffn_down = self.ffn_gate = self.ffn_up = 0
+        self._seen: dict[str, int] = {}
+
+    def take(self, cat: str) -> int:
+        """This tensor's index among those of category ``cat``; counts it."""
+        i = self._seen.get(cat, 0)
+        self._seen[cat] = i + 1
+        return i
 
 
 def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: bool, c: _Counters) -> str:
@@ -141,14 +149,12 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
         return new
     if ft in _IQ_VERY_LOW:
         if cat == ATTN_V:
-            c.attn_v += 1
+            c.take(ATTN_V)
             if gqa >= 4:
                 return "Q4_K"
             return "IQ3_S" if ft in ("IQ2_S", "IQ2_M") else "Q2_K"
         if cat == FFN_DOWN:
-            i = c.ffn_down
-            c.ffn_down += 1
-            if i < n // 8:
+            if c.take(FFN_DOWN) < n // 8:
                 return "IQ3_S" if ft in ("IQ2_S", "IQ2_M") else "Q2_K"
             return new
         if cat == ATTN_OUT:
@@ -158,8 +164,7 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
                 return "IQ3_S"
         return new
     if cat == ATTN_V:
-        i = c.attn_v
-        c.attn_v += 1
+        i = c.take(ATTN_V)
         if ft == "Q2_K":
             new = "Q4_K" if gqa >= 4 else "Q3_K"
         elif ft == "Q2_K_S" and gqa >= 4:
@@ -190,8 +195,7 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
             return "IQ2_S"
         return new
     if cat == FFN_DOWN:
-        i = c.ffn_down
-        c.ffn_down += 1
+        i = c.take(FFN_DOWN)
         if ft == "Q2_K":
             return "Q3_K"
         if ft == "Q2_K_S":
@@ -218,12 +222,7 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
     if cat == ATTN_OUT:
         return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ft, new)
     if cat in (FFN_GATE, FFN_UP):
-        if cat == FFN_GATE:
-            i = c.ffn_gate
-            c.ffn_gate += 1
-        else:
-            i = c.ffn_up
-            c.ffn_up += 1
+        i = c.take(cat)
         if ft == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
             return "IQ3_XXS"
         return new

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from koquant.exporters.gguf.reader import GGUFTensor
 from koquant.source.architectures import Weight, weights
 from koquant.plan.gguf_mix import MixContext, choose_types
 from koquant.plan.model_spec import ModelSpec
@@ -27,13 +28,9 @@ _HEADER = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
 
 
 @dataclass(frozen=True)
-class GGUFTensorPlan:
+class GGUFTensorPlan(GGUFTensor):
     """One planned tensor. ``wanted`` is set when a row-length fallback replaced that type."""
 
-    name: str
-    type: str
-    shape: tuple[int, ...]
-    n_bytes: int
     wanted: str | None = None
 
     def to_dict(self) -> dict:

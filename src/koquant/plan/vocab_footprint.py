@@ -127,10 +127,9 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _spm_piece_lengths(buf: bytes) -> list[int]:
-    """UTF-8 byte lengths of the pieces of a SentencePiece ``ModelProto`` (field 1)."""
-    lengths: list[int] = []
-    pos, end = 0, len(buf)
+def _fields(buf: bytes, pos: int, end: int):
+    """Walk the protobuf fields in ``buf[pos:end]``: yield ``(field number, start, length)`` of
+    each length-delimited one and skip the others."""
     while pos < end:
         tag, pos = _varint(buf, pos)
         field_no, wire = tag >> 3, tag & 7
@@ -142,35 +141,30 @@ def _spm_piece_lengths(buf: bytes) -> list[int]:
             pos += 4
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            if pos + n > end:
-                raise ValueError("truncated field")
-            if field_no == 1:
-                lengths.append(_piece_text_length(buf, pos, pos + n))
+            yield field_no, pos, n
             pos += n
         else:
             raise ValueError(f"unsupported wire type {wire}")
+
+
+def _spm_piece_lengths(buf: bytes) -> list[int]:
+    """UTF-8 byte lengths of the pieces of a SentencePiece ``ModelProto`` (field 1)."""
+    lengths: list[int] = []
+    end = len(buf)
+    for field_no, pos, n in _fields(buf, 0, end):
+        if pos + n > end:
+            raise ValueError("truncated field")
+        if field_no == 1:
+            lengths.append(_piece_text_length(buf, pos, pos + n))
     if not lengths:
         raise ValueError("no pieces")
     return lengths
 
 
 def _piece_text_length(buf: bytes, pos: int, end: int) -> int:
-    while pos < end:
-        tag, pos = _varint(buf, pos)
-        field_no, wire = tag >> 3, tag & 7
-        if wire == 2:
-            n, pos = _varint(buf, pos)
-            if field_no == 1:
-                return n
-            pos += n
-        elif wire == 0:
-            _, pos = _varint(buf, pos)
-        elif wire == 5:
-            pos += 4
-        elif wire == 1:
-            pos += 8
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
+    for field_no, _, n in _fields(buf, pos, end):
+        if field_no == 1:
+            return n
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from koquant.errors import CheckpointError
 from koquant.quant_recipes.gguf import GGML_TYPES_BY_ID
 
-__all__ = ["GGUFTensorInfo", "GGUFArray", "GGUFFile", "read_gguf", "gguf_tensors"]
+__all__ = ["GGUFTensor", "GGUFTensorInfo", "GGUFArray", "GGUFFile", "read_gguf", "gguf_tensors"]
 
 _MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -50,17 +50,23 @@ _STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
-class GGUFTensorInfo:
-    """One tensor: ``shape`` in ggml order (``shape[0]`` = row length), ``offset`` absolute in the file."""
+class GGUFTensor:
+    """A GGUF tensor, read or planned: ``shape`` in ggml order (``shape[0]`` = row length)."""
 
     name: str
     type: str
     shape: tuple[int, ...]
     n_bytes: int
-    offset: int
 
     def as_tuple(self) -> tuple[str, str, tuple[int, ...], int]:
         return (self.name, self.type, self.shape, self.n_bytes)
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo(GGUFTensor):
+    """One tensor of a file; ``offset`` absolute in the file."""
+
+    offset: int
 
 
 @dataclass(frozen=True)
