@@ -56,10 +56,12 @@ def measure(model_dir: Path, work: Path, calibration: list[list[int]]) -> dict:
            "out": str(work / "out"), "dtype": "float32", "offload_dir": str(work / "offload"),
            "calibration": calibration}
     job_file = work / "job.json"
-    job_file.write_text(json.dumps(job))
+    # the koquant.procs job layout the exporter uses: {"job": ..., "result": path}
+    job_file.write_text(json.dumps({"job": job, "result": str(work / "result.json")}))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "koquant.exporters.gptq.worker",
-                           "quantize", str(job_file)], capture_output=True, text=True, cwd=work, env=_worker_env(work, 0))
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, sys.executable, "-m", "koquant.procs",
+                           "koquant.exporters.gptq.worker:quantize", str(job_file)],
+                          capture_output=True, text=True, cwd=work, env=_worker_env(work, 0))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PEAK_KIB")), None)
     if line is None or not line.endswith(" 0"):
         raise SystemExit("the GPTQ worker failed:\n" + (proc.stdout + proc.stderr)[-3000:])

@@ -1,4 +1,4 @@
-"""GPTQModel in a child process: ``python -m koquant.exporters.gptq.worker quantize|logits JOB.json``.
+"""GPTQModel in a child process: ``quantize`` and ``logits``, run as ``koquant.procs`` jobs.
 
 GPTQModel patches transformers when imported, starts worker thread pools, prints its own
 progress bars and keeps large buffers alive; running it as a child keeps all of that out of
@@ -15,7 +15,6 @@ logits of the evaluation ids to an ``.npy`` file.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 
@@ -55,9 +54,3 @@ def logits(job: dict) -> None:
         json.dump(info, f)
     print("KOQUANT_DONE logits", flush=True)
 
-
-if __name__ == "__main__":
-    action, path = sys.argv[1], sys.argv[2]
-    with open(path, encoding="utf-8") as f:
-        job = json.load(f)
-    {"quantize": quantize, "logits": logits}[action](job)

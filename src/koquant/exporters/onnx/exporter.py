@@ -26,7 +26,7 @@ import numpy as np
 from ... import procs
 from ...artifact import ArtifactFile, Manifest, write_manifest
 from ...artifact.modelcard import write_model_card
-from ...errors import ExportError, RecipeError
+from ...errors import RecipeError
 from ...source.architectures import Architecture
 from ...quant_recipes.onnx import DEFAULT, PRECISIONS
 from ...source.checkpoint import sha256_file
