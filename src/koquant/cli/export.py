@@ -16,38 +16,37 @@ def _quant_list(text: str) -> tuple[str, ...]:
 
 
 def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
-    """GGUF types are upper-case (Q4_K_M), ONNX precisions lower-case (int4); None: the format's default."""
-    if quants is None:
-        from ..exporters import get_exporter
+    """Each name in its table's spelling (``Q4_K_M``, ``int4``); None: the format's default."""
+    from ..exporters import format_of
 
-        quants = get_exporter(fmt).default_quants
-    return tuple(q.upper() if fmt == "gguf" else q.lower() for q in quants)
-
-
-_FORMAT_OPTIONS = {
-    "onnx": ("int4_algo", "block_size", "accuracy_level"),
-    "gptq": ("bits", "group_size", "act_order", "sym", "damp"),
-}
+    entry = format_of(fmt, exported=True)
+    return tuple(entry.quant_name(q) for q in (entry.default_quants if quants is None else quants))
 
 
 def _format_params(args: argparse.Namespace) -> dict:
     """Format-specific options given on the command line; refused for a format they do not apply to."""
+    from ..exporters import export_formats, format_of
+
+    format_of(args.fmt, exported=True)
     params = {}
-    for fmt, keys in _FORMAT_OPTIONS.items():
-        given = {k: getattr(args, k, None) for k in keys}
+    for entry in export_formats():
+        given = {k: getattr(args, k, None) for k in entry.exporter_class().options}
         given = {k: v for k, v in given.items() if v is not None}
-        if given and args.fmt != fmt:
-            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --fmt {fmt} only",
-                              hint=f"add --fmt {fmt}, or drop those options")
-        if args.fmt == fmt:
+        if given and args.fmt != entry.name:
+            raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --fmt {entry.name} only",
+                              hint=f"add --fmt {entry.name}, or drop those options")
+        if args.fmt == entry.name:
             params = given
     return params
 
 
 def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
+    from ..exporters import export_formats
+
+    per_format = ", ".join(f"{','.join(f.default_quants)} for {f.name}" for f in export_formats())
     p.add_argument("--quant", default=default_quants, type=_quant_list,
                    help="comma-separated quant types, sharing one conversion and one calibration (default "
-                   + (default_quants or "Q4_K_M for gguf, int4 for onnx, w4g128 for gptq") + ")")
+                   + (default_quants or per_format) + ")")
     p.add_argument("--calib", default="default", metavar="TEXT",
                    help="calibration text: 'default' (Korean bills from konlpy), a .txt/.jsonl file or a folder")
     p.add_argument("--no-calib", action="store_true", help="no calibration (plain quantization, no importance matrix)")
@@ -68,8 +67,10 @@ def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", nargs="?", type=Path,
                    help="local Hugging Face model folder (default: the built-in Korean miniature)")
+    from ..exporters import export_formats
+
     p.add_argument("--fmt", default="gguf",
-                   help="output format: gguf (llama.cpp), onnx (onnxruntime-genai) or gptq (transformers, vLLM, TGI)")
+                   help="output format: " + ", ".join(f"{f.name} ({f.runtime})" for f in export_formats()))
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept *.bin pickle weights (loaded with torch.load(weights_only=True))")
     _common(p, None)

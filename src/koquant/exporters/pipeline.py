@@ -34,8 +34,7 @@ class ExportContext:
     progress: object = None
     # what the exporter records for the manifest (set by export(), read by build_manifest):
     calibration_use: dict = field(default_factory=dict)  # how it used the calibration text (GGUF: its imatrix)
-    onnx: dict | None = None  # the manifest's "onnx" record
-    gptq: dict | None = None  # the manifest's "gptq" record
+    record: dict | None = None  # the format's own record: the manifest's section named after the format
 
     @contextmanager
     def task(self, description: str, total: int):
@@ -93,7 +92,7 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
                             calibration, progress)
         files = exporter.export(ctx)
         shutil.rmtree(work)
-        manifest = build_manifest(ctx, files, base_model, getattr(exporter, "tool_packages", ()))
+        manifest = build_manifest(ctx, files, base_model, exporter.tool_packages)
         failed = [f for f in files if not f.validation.get("passed")]
         if failed:
             raise ValidationError(
@@ -101,10 +100,8 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
                 + "\n".join(f"  {f.path}: {'; '.join(f.validation['failures'])}" for f in failed),
                 hint="try a higher-precision quant type, or check the source model loads and generates sensibly",
             )
-        finalize = getattr(exporter, "finalize", None)  # optional: per-format files (e.g. ONNX per-quant folders)
-        if finalize is not None:
-            finalize(ctx, manifest)
-        write_model_card(tmp, manifest)
+        exporter.finalize(ctx, manifest)
+        write_model_card(tmp, manifest, library=exporter.format.library, usage=exporter.usage(manifest))
         manifest.inventory = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
         write_manifest(tmp, manifest)
     return Artifact(out, manifest)
@@ -160,6 +157,5 @@ def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: st
         tools=tool_versions(tool_packages),
         files=list(files),
         notes=[ckpt.architecture.manifest_note] if ckpt.architecture.manifest_note else [],
-        onnx=ctx.onnx,
-        gptq=ctx.gptq,
+        **({ctx.recipe.fmt: ctx.record} if ctx.record is not None else {}),
     )

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 from koquant.exporters.gguf.reader import GGUFTensor
 from koquant.source.architectures import Weight, weights
+from koquant.plan.exports import Export
 from koquant.plan.gguf_mix import MixContext, choose_types
 from koquant.plan.model_spec import ModelSpec
 from koquant.quant_recipes.gguf import FILE_TYPES, file_type, tensor_bytes
 
-__all__ = ["GGUFTensorPlan", "GGUFPlan", "plan_gguf", "gguf_tensor_weights", "metadata_bytes", "ALIGNMENT"]
+__all__ = ["GGUFTensorPlan", "GGUFPlan", "plan_gguf", "gguf_export", "gguf_tensor_weights", "metadata_bytes", "ALIGNMENT"]
 
 ALIGNMENT = 32
 _HEADER = 4 + 4 + 8 + 8  # magic, version, tensor count, kv count
@@ -63,6 +64,20 @@ class GGUFPlan:
 
     def types(self) -> dict[str, str]:
         return {t.name: t.type for t in self.tensors}
+
+    def type_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.type] = counts.get(t.type, 0) + 1
+        return counts
+
+    def export_fields(self, *, tensors: bool = False) -> dict:
+        """What ``koquant plan --json`` adds to a GGUF row."""
+        d = {"metadata_bytes": self.metadata_bytes, "needs_imatrix": self.needs_imatrix,
+             "type_counts": self.type_counts(), "fallbacks": [t.to_dict() for t in self.fallbacks]}
+        if tensors:
+            d["tensors"] = [t.to_dict() for t in self.tensors]
+        return d
 
 
 def _align(n: int, a: int = ALIGNMENT) -> int:
@@ -146,6 +161,17 @@ def plan_gguf(spec: ModelSpec, ftype: str, *, imatrix: bool = False) -> GGUFPlan
     padded = sum(_align(t.n_bytes) for t in tensors)
     n_el = sum(w.n_elements for w in ws)
     return GGUFPlan(ft.name, tensors, meta, data, meta + padded, n_el, needs, ctx.imatrix)
+
+
+def gguf_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
+    """The plan's row for one llama.cpp file type (the format registry's GGUF sizer)."""
+    p = plan_gguf(spec, quant, imatrix=imatrix)
+    notes = []
+    if p.needs_imatrix:
+        notes.append("needs an importance matrix (--imatrix)")
+    if p.fallbacks:
+        notes.append(f"{len(p.fallbacks)} tensor(s) fall back to another type (row length not a block multiple)")
+    return Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p)
 
 
 def all_file_types() -> list[str]:

@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 
 from koquant.errors import RecipeError
 from koquant.source.architectures import Weight, weights
+from koquant.plan.exports import Export
 from koquant.plan.model_spec import ModelSpec
 from koquant.quant_recipes import gptq, onnx
 
-__all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source"]
+__all__ = ["FormatPlan", "plan_gptq", "plan_onnx", "plan_source", "gptq_export", "onnx_export"]
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp32": 4, "fp16": 2, "bf16": 2}
 
@@ -56,6 +57,14 @@ class FormatPlan:
     @property
     def bits_per_weight(self) -> float:
         return self.weight_bytes * 8 / self.n_elements
+
+    def export_fields(self, *, tensors: bool = False) -> dict:
+        """What ``koquant plan --json`` adds to the row: the size by part."""
+        return {"parts": dict(self.parts)}
+
+    def export(self, runtime: str) -> Export:
+        return Export(self.format, self.variant, runtime, self.file_bytes, self.weight_bytes, self.bits_per_weight,
+                      self.notes, self)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -170,6 +179,18 @@ def plan_onnx(
     total = sum(parts.values())
     weights_ram = total - parts["graph"]
     return FormatPlan("onnx", precision, total, weights_ram, _n_elements(spec), parts, tuple(notes))
+
+
+def gptq_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
+    """The plan's row for one GPTQ variant (``w4g128``; the format registry's GPTQ sizer)."""
+    v = gptq.parse_quant(quant)
+    return plan_gptq(spec, v["bits"], v["group_size"]).export("transformers")
+
+
+def onnx_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
+    """The plan's row for one ONNX precision (the format registry's ONNX sizer); the CPU graphs koquant
+    exports keep their cache in fp32."""
+    return plan_onnx(spec, quant).export("onnxruntime-genai-fp32")
 
 
 def plan_source(spec: ModelSpec) -> FormatPlan:

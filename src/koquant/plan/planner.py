@@ -17,14 +17,14 @@ from koquant.errors import CheckpointError, RecipeError
 from koquant.plan import kv as kvmod
 from koquant.plan.devices import DEVICES, Device, DeviceFit, custom_device, fit
 from koquant.plan.devices import device as device_preset
-from koquant.plan.gguf_size import GGUFPlan, plan_gguf
 from koquant.plan.model_spec import ModelSpec, spec_from_config, spec_from_path
-from koquant.plan.other_formats import FormatPlan, plan_gptq, plan_onnx, plan_source
+from koquant.plan.exports import Export
+from koquant.plan.other_formats import plan_source
 from koquant.plan.presets import PRESETS, preset_spec
-from koquant.source.architectures import BACKENDS
+from koquant.exporters import export_formats
 from koquant.quant_recipes import gptq as gptq_variants
 from koquant.quant_recipes import onnx as onnx_precisions
-from koquant.quant_recipes.gguf import FILE_TYPES, file_type
+from koquant.quant_recipes.gguf import file_type
 
 __all__ = ["Export", "RuntimeEstimate", "Plan", "plan", "resolve_source", "DEFAULT_CTX", "GPTQ_VARIANTS", "SCHEMA"]
 
@@ -51,59 +51,6 @@ ASSUMPTIONS = (
     "window; onnxruntime-genai cache in the model's I/O type over the full context",
     "devices: usable memory = RAM minus a stated reserve for the OS and other apps; --ram reserves nothing",
 )
-
-
-@dataclass(frozen=True)
-class Export:
-    """One planned export. ``weight_bytes`` is what the runtime keeps resident for weights.
-
-    ``available``: ``koquant export`` can make it for this architecture (its notes say why not).
-    """
-
-    format: str
-    variant: str
-    runtime: str
-    file_bytes: int
-    weight_bytes: int
-    bits_per_weight: float
-    notes: tuple[str, ...]
-    detail: GGUFPlan | FormatPlan
-    available: bool = True
-
-    @property
-    def key(self) -> str:
-        return f"{self.format}:{self.variant}"
-
-    def to_dict(self, *, tensors: bool = False) -> dict:
-        d = {
-            "key": self.key,
-            "format": self.format,
-            "variant": self.variant,
-            "runtime": self.runtime,
-            "file_bytes": self.file_bytes,
-            "weight_bytes": self.weight_bytes,
-            "bits_per_weight": round(self.bits_per_weight, 4),
-            "notes": list(self.notes),
-            "available": self.available,
-        }
-        det = self.detail
-        if isinstance(det, GGUFPlan):
-            d["metadata_bytes"] = det.metadata_bytes
-            d["needs_imatrix"] = det.needs_imatrix
-            d["type_counts"] = _type_counts(det)
-            d["fallbacks"] = [t.to_dict() for t in det.fallbacks]
-            if tensors:
-                d["tensors"] = [t.to_dict() for t in det.tensors]
-        else:
-            d["parts"] = dict(det.parts)
-        return d
-
-
-def _type_counts(p: GGUFPlan) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for t in p.tensors:
-        counts[t.type] = counts.get(t.type, 0) + 1
-    return counts
 
 
 @dataclass(frozen=True)
@@ -230,42 +177,23 @@ def _devices(device: str | Sequence[str] | None, ram) -> tuple[Device, ...]:
     return tuple(chosen) if chosen else tuple(DEVICES.values())
 
 
-def _gguf_exports(spec: ModelSpec, types: Sequence[str], imatrix: bool) -> list[Export]:
+def _exports(spec: ModelSpec, quants: dict[str, Sequence[str]], imatrix: bool) -> list[Export]:
+    """Every format's sizer over the quants asked of it (``quants``; default: the format's ``planned``),
+    then the source checkpoint."""
     out = []
-    for t in types:
-        p = plan_gguf(spec, t, imatrix=imatrix)
-        notes = []
-        if p.needs_imatrix:
-            notes.append("needs an importance matrix (--imatrix)")
-        if p.fallbacks:
-            notes.append(f"{len(p.fallbacks)} tensor(s) fall back to another type (row length not a block multiple)")
-        out.append(
-            Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p)
-        )
-    return out
-
-
-def _other_exports(spec: ModelSpec, gptq: Sequence[tuple[int, int]], onnx: Sequence[str]) -> list[Export]:
-    out = []
-    for bits, group in gptq:
-        p = plan_gptq(spec, bits, group)
-        out.append(
-            Export("gptq", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p)
-        )
-    for precision in onnx:
-        p = plan_onnx(spec, precision)
-        rt = "onnxruntime-genai-fp32"  # the CPU graphs koquant exports keep their cache in fp32
-        out.append(Export("onnx", p.variant, rt, p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
-    p = plan_source(spec)
-    out.append(Export("source", p.variant, "transformers", p.file_bytes, p.weight_bytes, p.bits_per_weight, p.notes, p))
+    for fmt in export_formats():
+        sizer = fmt.sizer_function()
+        out += [sizer(spec, q, imatrix=imatrix) for q in quants.get(fmt.name, fmt.planned)]
+    out.append(plan_source(spec).export("transformers"))
     return out
 
 
 def _mark_unavailable(spec: ModelSpec, exports: list[Export]) -> list[Export]:
     """Exports of a format whose exporter does not support the architecture, marked with the reason."""
+    exported = {f.name for f in export_formats()}
     out = []
     for e in exports:
-        why = spec.architecture.refusal(e.format) if e.format in BACKENDS else None
+        why = spec.architecture.refusal(e.format) if e.format in exported else None
         out.append(e if why is None else replace(e, available=False, notes=(*e.notes, why)))
     return out
 
@@ -293,8 +221,10 @@ def plan(
     ctxs = _check_ctx(ctx)
     kv_type = kvmod.check_kv_type(kv_type)
     devices = _devices(device, ram)
-    types = [file_type(t).name for t in gguf_types] if gguf_types is not None else list(FILE_TYPES)
-    exports = _mark_unavailable(spec, _gguf_exports(spec, types, imatrix) + _other_exports(spec, gptq, onnx))
+    quants = {"gptq": [gptq_variants.quant_name(b, g) for b, g in gptq], "onnx": list(onnx)}
+    if gguf_types is not None:
+        quants["gguf"] = [file_type(t).name for t in gguf_types]
+    exports = _mark_unavailable(spec, _exports(spec, quants, imatrix))
     compute = kvmod.compute_buffer_bytes(spec)
     runtime = []
     for e in exports:

@@ -38,6 +38,7 @@ __all__ = [
     "row_bytes",
     "tensor_bytes",
     "tensor_needs_imatrix",
+    "DEFAULT",
 ]
 
 QK_K = 256
@@ -217,6 +218,8 @@ LEFT_OUT = {
 }
 
 # llama-quantize accepts these short names too.
+DEFAULT = "Q4_K_M"  # what --fmt gguf writes without --quant
+
 _FILE_TYPE_ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 
 

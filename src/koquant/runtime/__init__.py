@@ -10,9 +10,9 @@ See :mod:`koquant.runtime.session` for what every backend shares and
 
 from __future__ import annotations
 
-from .loader import LoadError, available_backends, load, register_backend
+from .loader import LoadError, available_backends, load
 from .sampling import SamplingError, SamplingParams
 from .session import Backend, ContextLengthError, GenerationStats, Session, TokenizerCheck
 
 __all__ = ["Backend", "ContextLengthError", "GenerationStats", "LoadError", "SamplingError", "SamplingParams",
-           "Session", "TokenizerCheck", "available_backends", "load", "register_backend"]
+           "Session", "TokenizerCheck", "available_backends", "load"]

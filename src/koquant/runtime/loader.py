@@ -1,16 +1,15 @@
 """``koquant.load(path)``: a :class:`Session` on the right backend for any export.
 
 The format comes from the artifact's ``koquant.json`` when koquant made it, otherwise from
-its files: ``*.gguf`` (llama.cpp), ``genai_config.json`` (onnxruntime-genai), a
-``config.json`` with a GPTQ ``quantization_config`` or a ``quantize_config.json`` (GPTQ), a
-plain ``config.json`` (transformers). Backends register themselves per format with
-``@register_backend`` (``runtime/backends/``); adding one touches its own module and one line in
-``_BACKENDS``.
+its files, as each entry of the format registry (:mod:`koquant.exporters`) recognises them:
+``*.gguf`` (llama.cpp), ``genai_config.json`` (onnxruntime-genai), a ``config.json`` with a GPTQ
+``quantization_config`` or a ``quantize_config.json`` (GPTQ), a plain ``config.json``
+(transformers). The registry names each format's backend (``runtime/backends/``), imported only
+when a model of that format is loaded.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,12 +17,8 @@ from pathlib import Path
 
 from ..artifact import MANIFEST, ArtifactFile, Manifest
 from ..errors import KoquantError
+from ..exporters import Format, file_format, formats
 
-#: format -> module that registers its backend (imported only when a model of that format is loaded)
-_BACKENDS = {"hf": "koquant.runtime.backends.hf", "gguf": "koquant.runtime.backends.gguf",
-             "onnx": "koquant.runtime.backends.onnx", "gptq": "koquant.runtime.backends.gptq"}
-_REGISTRY: dict[str, type] = {}
-FORMAT_NAMES = {"hf": "Hugging Face folder", "gguf": "GGUF", "onnx": "ONNX (onnxruntime-genai)", "gptq": "GPTQ"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
@@ -31,16 +26,14 @@ class LoadError(KoquantError):
     """The path is not something koquant can run, or the choice inside it is ambiguous."""
 
 
-def register_backend(fmt: str):
-    def deco(cls):
-        _REGISTRY[fmt] = cls
-        return cls
-
-    return deco
-
-
 def available_backends() -> list[str]:
-    return sorted(_BACKENDS)
+    """The formats koquant has a runtime for, sorted."""
+    return sorted(f.name for f in formats())
+
+
+def format_title(fmt: str) -> str:
+    """How messages name a format (``GGUF``, ``Hugging Face folder``)."""
+    return next((f.title for f in formats() if f.name == fmt), fmt)
 
 
 @dataclass
@@ -110,13 +103,13 @@ def load(path: str | os.PathLike, *, quant: str | None = None, chat_template: st
 
 
 def backend_class(fmt: str, where: Path | None = None) -> type:
-    if fmt not in _BACKENDS:
-        what = f"{where} is a {FORMAT_NAMES.get(fmt, fmt)} model, but" if where else f"format {fmt!r}:"
-        raise LoadError(f"{what} this koquant has no runtime for {FORMAT_NAMES.get(fmt, fmt)} yet",
-                        hint="runtimes available: " + ", ".join(FORMAT_NAMES.get(f, f) for f in available_backends()))
-    if fmt not in _REGISTRY:
-        importlib.import_module(_BACKENDS[fmt])
-    return _REGISTRY[fmt]
+    """The runtime backend class of format ``fmt`` (its module imported now)."""
+    entry = next((f for f in formats() if f.name == fmt), None)
+    if entry is None:
+        what = f"{where} is a {fmt} model, but" if where else f"format {fmt!r}:"
+        raise LoadError(f"{what} this koquant has no runtime for it",
+                        hint="runtimes available: " + ", ".join(f.title for f in formats()))
+    return entry.backend_class()
 
 
 # ---------------------------------------------------------------------------- resolving a path
@@ -125,8 +118,9 @@ def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
     if not p.exists():
         raise LoadError(f"{p} does not exist", hint="pass an export folder, a .gguf file or a Hugging Face model folder")
     if p.is_file():
-        if p.suffix.lower() == ".gguf":
-            return _gguf_file(p, quant)
+        fmt = file_format(p)
+        if fmt is not None:
+            return _model_file(fmt, p, quant)
         raise LoadError(f"{p} is not a model koquant can run (expected a .gguf file or a folder)",
                         hint="pass an export folder, a .gguf file or a Hugging Face model folder")
     manifest = _manifest(p)
@@ -135,21 +129,22 @@ def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
     return _plain_folder(p, quant)
 
 
-def _gguf_file(p: Path, quant: str | None) -> Target:
+def _model_file(fmt: Format, p: Path, quant: str | None) -> Target:
+    """One model file (a .gguf): of the artifact beside it when that lists it, else on its own."""
     manifest = _manifest(p.parent)
     entry = None
-    if manifest is not None and manifest.format == "gguf":
+    if manifest is not None and manifest.format == fmt.name:
         entry = manifest.file(p.name)
-    if entry is None:  # a GGUF koquant did not make (or moved out of its artifact)
-        if quant is not None and quant.upper() not in p.name.upper():
+    if entry is None:  # a file koquant did not make (or moved out of its artifact)
+        if quant is not None and fmt.quant_name(quant) not in fmt.quant_name(p.name):
             raise LoadError(f"quant={quant!r} was asked for, but {p.name} is the file given", hint="drop quant=")
-        return Target("gguf", p, None, quant=_quant_from_name(p.name))
-    if quant is not None and quant.upper() != str(entry.quant or "").upper():
+        return Target(fmt.name, p, None, quant=fmt.quant_in_name(p.name))
+    if quant is not None and fmt.quant_name(quant) != fmt.quant_name(str(entry.quant or "")):
         raise LoadError(f"quant={quant!r} was asked for, but {p.name} is {entry.quant}", hint="drop quant=")
-    return _gguf_target(p.parent, manifest, entry)
+    return _file_target(fmt, p.parent, manifest, entry)
 
 
-def _gguf_target(folder: Path, manifest: Manifest, entry: ArtifactFile) -> Target:
+def _file_target(fmt: Format, folder: Path, manifest: Manifest, entry: ArtifactFile) -> Target:
     path = folder / entry.path
     if not path.is_file():
         raise LoadError(f"{path.name} is listed in {folder / MANIFEST} but missing", hint="re-run the export")
@@ -157,14 +152,14 @@ def _gguf_target(folder: Path, manifest: Manifest, entry: ArtifactFile) -> Targe
     if entry.size and path.stat().st_size != entry.size:
         notes.append(f"{path.name} is {path.stat().st_size} bytes but the manifest recorded {entry.size}: "
                      "the file was changed after export")
-    return Target("gguf", path, _tokenizer_dir(folder, manifest), folder, manifest, entry.quant, notes)
+    return Target(fmt.name, path, _tokenizer_dir(folder, manifest), folder, manifest, entry.quant, notes)
 
 
 def _artifact(folder: Path, manifest: Manifest, quant: str | None) -> Target:
-    fmt = str(manifest.format)
+    fmt = _format(str(manifest.format), folder / MANIFEST)
     files = [f for f in manifest.files if isinstance(f.path, str)]
-    if fmt == "gguf":
-        return _gguf_target(folder, manifest, _choose(folder, files, quant, "GGUF files"))
+    if fmt.file_suffix:
+        return _file_target(fmt, folder, manifest, _choose(folder, files, quant, f"{fmt.title} files"))
     if quant is not None or len(files) > 1:
         entry = _choose(folder, files, quant, "variants")
         sub = folder / entry.path
@@ -175,35 +170,39 @@ def _artifact(folder: Path, manifest: Manifest, quant: str | None) -> Target:
             inner.quant = inner.quant or entry.quant
             return inner
     model = folder
-    if fmt == "onnx" and not (folder / "genai_config.json").is_file():
-        subs = sorted(d for d in folder.iterdir() if (d / "genai_config.json").is_file())
+    if not fmt.detect(folder):  # e.g. an ONNX artifact whose one variant sits in its own folder
+        subs = sorted(d for d in folder.iterdir() if d.is_dir() and fmt.detect(d))
         if len(subs) == 1:
             model = subs[0]
     quant_name = files[0].quant if len(files) == 1 else None
-    return Target(fmt, model, _tokenizer_dir(folder, manifest) or _tokenizer_dir(model, None), folder, manifest,
+    return Target(fmt.name, model, _tokenizer_dir(folder, manifest) or _tokenizer_dir(model, None), folder, manifest,
                   quant_name)
 
 
 def _plain_folder(p: Path, quant: str | None) -> Target:
-    if (p / "genai_config.json").is_file():
-        return Target("onnx", p, _tokenizer_dir(p, None), quant=quant)
-    ggufs = sorted(f for f in p.glob("*.gguf") if f.is_file() and not f.name.startswith("imatrix"))
-    if ggufs and not (p / "config.json").is_file():
-        entries = [ArtifactFile(f.name, _quant_from_name(f.name) or f.stem) for f in ggufs]
-        entry = _choose(p, entries, quant, "GGUF files")
-        return Target("gguf", p / entry.path, None, quant=entry.quant)
-    if (p / "config.json").is_file():
-        config = _read_json(p / "config.json")
-        qc = config.get("quantization_config")
-        if (p / "quantize_config.json").is_file() or (isinstance(qc, dict) and qc.get("quant_method") == "gptq"):
-            return Target("gptq", p, _tokenizer_dir(p, None), quant=quant)
-        return Target("hf", p, _tokenizer_dir(p, None))
-    subs = sorted(d for d in p.iterdir() if d.is_dir() and ((d / MANIFEST).is_file() or (d / "genai_config.json").is_file()))
+    """A folder koquant did not make: the first format (in registry order) that recognises it."""
+    fmt = next((f for f in formats() if f.detect(p)), None)
+    if fmt is not None and fmt.file_suffix:
+        entries = [ArtifactFile(f.name, fmt.quant_in_name(f.name) or f.stem) for f in fmt.model_files(p)]
+        entry = _choose(p, entries, quant, f"{fmt.title} files")
+        return Target(fmt.name, p / entry.path, None, quant=entry.quant)
+    if fmt is not None:
+        return Target(fmt.name, p, _tokenizer_dir(p, None), quant=quant if fmt.quants else None)
+    subs = sorted(d for d in p.iterdir() if d.is_dir() and ((d / MANIFEST).is_file() or any(f.detect(d) for f in formats()
+                                                                                            if f.exporter)))
     if subs:
         entries = [ArtifactFile(d.name, d.name) for d in subs]
         return resolve(p / _choose(p, entries, quant, "variants").path)
     raise LoadError(f"{p} holds no model koquant can run",
                     hint="expected koquant.json, a .gguf file, genai_config.json or a Hugging Face config.json")
+
+
+def _format(name: str, where: Path) -> Format:
+    fmt = next((f for f in formats() if f.name == name), None)
+    if fmt is None:
+        raise LoadError(f"{where} says format {name!r}, which this koquant has no runtime for",
+                        hint="runtimes available: " + ", ".join(f.title for f in formats()))
+    return fmt
 
 
 def _choose(folder: Path, entries: list[ArtifactFile], quant: str | None, what: str) -> ArtifactFile:
@@ -220,16 +219,6 @@ def _choose(folder: Path, entries: list[ArtifactFile], quant: str | None, what: 
         if str(e.quant).upper() == quant.upper():
             return e
     raise LoadError(f"{folder} has no {quant}", hint="it holds " + ", ".join(names))
-
-
-def _quant_from_name(name: str) -> str | None:
-    from ..quant_recipes.gguf import FILE_TYPES
-
-    stem = name.rsplit(".", 1)[0].upper()
-    for q in sorted(FILE_TYPES, key=len, reverse=True):
-        if stem.endswith(q.upper()):
-            return q
-    return None
 
 
 def _tokenizer_dir(folder: Path, manifest: Manifest | None) -> Path | None:

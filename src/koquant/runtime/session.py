@@ -55,6 +55,25 @@ class Backend:
     own_tokenizer = ""  # what the cross-check compares against; "" if the backend has none of its own
     options: tuple[str, ...] = ()  # the keyword options koquant.load passes on
 
+    # ------------------------------------------------------------------ before any model is opened
+    @classmethod
+    def import_runtime(cls) -> None:
+        """Import the runtime's libraries (the bench times this apart from loading)."""
+
+    @classmethod
+    def weight_files(cls, model: Path) -> list[Path]:
+        """The weight files a user ships for ``model`` (the file, or the folder's weight files)."""
+        if model.is_file():
+            return [model]
+        return sorted(p for p in model.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
+
+    @classmethod
+    def bytes_per_token(cls, model: Path) -> int:
+        """Weight bytes one decode step reads: every weight once, but of an input embedding table that is
+        not also the head only one row (the bench's bandwidth bound)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ running
     def forward(self, ids: Sequence[int]) -> np.ndarray:
         raise NotImplementedError
 

@@ -21,7 +21,7 @@ from ...artifact import ArtifactFile
 from ...errors import RecipeError
 from ...quant_recipes.gguf import FILE_TYPES
 from ...source.checkpoint import sha256_file
-from .. import register_format
+from .. import Exporter
 from ..gate import compare_logits, judge
 from . import llamacpp
 from .imatrix import compute_imatrix
@@ -29,9 +29,7 @@ from .imatrix import compute_imatrix
 _BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
 
 
-@register_format("gguf")
-class GGUFExporter:
-    default_quants = ("Q4_K_M",)
+class GGUFExporter(Exporter):
 
     def check_recipe(self, recipe) -> None:
         llamacpp.import_llama_cpp()  # a missing backend fails before any work, naming the extra
@@ -93,6 +91,10 @@ class GGUFExporter:
             af.size = (ctx.out / af.path).stat().st_size
             af.sha256 = sha256_file(ctx.out / af.path)
         return files
+
+    def usage(self, manifest) -> list[str]:
+        first = manifest.files[0].path
+        return ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
 
     def validate(self, path: Path, quant: str, ctx, ref_logits: list[np.ndarray]) -> dict:
         ref = ctx.reference

@@ -26,14 +26,14 @@ import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ...artifact import ArtifactFile
+from ...artifact import ArtifactFile, Manifest
 from ...source.architectures import ARCHITECTURES, Architecture, Dims
 from ...source.checkpoint import sha256_file
 from ... import procs
 from ...errors import ExportError, KoquantError, RecipeError, missing_extra
 from ...quant_recipes import gptq as variants
 from ...quant_recipes.gptq import parse_quant, quant_name
-from .. import register_format
+from .. import Exporter, option_names, recipe_options
 from ..gate import compare_logits, judge
 
 GPTQMODEL_PINNED = "7.6.0"
@@ -58,11 +58,7 @@ class GPTQOptions:
 
     @classmethod
     def from_recipe(cls, recipe) -> "GPTQOptions":
-        params = dict(recipe.params or {})
-        unknown = sorted(set(params) - {"bits", "group_size", "act_order", "sym", "damp", "mse"})
-        if unknown:
-            raise RecipeError(f"unknown GPTQ option(s): {', '.join(unknown)}",
-                              hint="GPTQ options are bits, group_size, act_order, sym, damp and mse")
+        params = recipe_options(recipe, cls, "GPTQ")
         if len(recipe.quants) != 1:
             raise RecipeError(f"GPTQ writes one checkpoint per export; got quant types {', '.join(recipe.quants)}",
                               hint="choose the width with --bits and --group-size (one export each)")
@@ -135,10 +131,9 @@ def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = No
                           hint="use --fmt gguf or --fmt onnx for this model")
 
 
-@register_format("gptq")
-class GPTQExporter:
-    default_quants = (variants.DEFAULT.name,)
+class GPTQExporter(Exporter):
     tool_packages = ("gptqmodel", "optimum")
+    options = option_names(GPTQOptions)
 
     def check_recipe(self, recipe) -> None:
         GPTQOptions.from_recipe(recipe)
@@ -171,7 +166,7 @@ class GPTQExporter:
         self._publish(ctx, saved)
         ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                "tokens": chunks.n_tokens, "used_for": "GPTQ (layer input Hessians)"}
-        ctx.gptq = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
+        ctx.record = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
                     "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
                     "modules": modules}
         af = ArtifactFile(WEIGHTS, opts.quant)
@@ -206,6 +201,21 @@ class GPTQExporter:
             shutil.copyfile(src, ctx.out / src.name)
 
     # ------------------------------------------------------------------ gate
+    def usage(self, m: Manifest) -> list[str]:
+        """How to load a GPTQ checkpoint, and what it is."""
+        g = m.gptq if m.gptq is not None else {}
+        lines = [f"- `{f.path}`: {'; '.join(f.notes)}" for f in m.files if f.notes]
+        lines += [
+            f"- layout: {g.get('layout', 'GPTQ v1')}, `quantize_config.json` and `quantization_config` in `config.json`; "
+            "lm_head and embeddings stay in floating point", "",
+            "Loads with transformers (`pip install optimum gptqmodel`), vLLM, TGI and exllama:", "",
+            "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            'model = AutoModelForCausalLM.from_pretrained(".", device_map="cpu")  # or "auto" on a GPU',
+            'tokenizer = AutoTokenizer.from_pretrained(".")', "```", "",
+            "```sh", "koquant chat .", "vllm serve .", "```",
+        ]
+        return lines
+
     def validate(self, ctx, quant: str) -> dict:
         import numpy as np
         from transformers import AutoTokenizer

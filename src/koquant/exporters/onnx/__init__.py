@@ -6,4 +6,28 @@
 - :mod:`~koquant.exporters.onnx.int4_gptq`: GPTQ for the int4 MatMulNBits weights;
 - :mod:`~koquant.exporters.onnx.matmulnbits`: reading and rewriting MatMulNBits nodes;
 - :mod:`~koquant.exporters.onnx.parity`: tokenizer and chat-template parity with the source.
+
+``FORMAT`` is the format's registry entry (:class:`koquant.exporters.Format`).
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ...quant_recipes import onnx as _precisions
+from .. import Format
+
+GENAI_CONFIG = "genai_config.json"  # what makes a folder an onnxruntime-genai model
+
+
+def _detect(folder: Path) -> bool:
+    return (folder / GENAI_CONFIG).is_file()
+
+
+FORMAT = Format(
+    "onnx", "ONNX (onnxruntime-genai)", "onnxruntime-genai", "koquant.runtime.backends.onnx:OnnxBackend", _detect,
+    extra="onnx", packages=("onnxruntime_genai",), library="onnxruntime-genai",
+    exporter="koquant.exporters.onnx.exporter:ONNXExporter",
+    quants=_precisions.PRECISIONS, default_quants=(_precisions.DEFAULT,),
+    sizer="koquant.plan.other_formats:onnx_export", planned=_precisions.EXPORTABLE,
+)

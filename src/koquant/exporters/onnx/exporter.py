@@ -28,9 +28,9 @@ from ...artifact import ArtifactFile, Manifest, write_manifest
 from ...artifact.modelcard import write_model_card
 from ...errors import RecipeError
 from ...source.architectures import Architecture
-from ...quant_recipes.onnx import DEFAULT, PRECISIONS
+from ...quant_recipes.onnx import PRECISIONS
 from ...source.checkpoint import sha256_file
-from .. import register_format
+from .. import Exporter, option_names, recipe_options
 from ..gate import compare_logits, judge
 from . import builder, genai
 from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
@@ -50,11 +50,7 @@ class OnnxOptions:
 
     @classmethod
     def from_recipe(cls, recipe) -> "OnnxOptions":
-        params = dict(recipe.params or {})
-        unknown = sorted(set(params) - {"int4_algo", "block_size", "accuracy_level"})
-        if unknown:
-            raise RecipeError(f"unknown ONNX option(s): {', '.join(unknown)}",
-                              hint="ONNX options are int4_algo, block_size and accuracy_level")
+        params = recipe_options(recipe, cls, "ONNX")
         algo = params.get("int4_algo")
         if algo is None:  # no calibration asked for: the builder's plain round-to-nearest
             algo = DEFAULT_INT4_ALGO if recipe.calib is not None else "rtn"
@@ -98,9 +94,8 @@ class _SourceWeights(Mapping):
         return len(self.where)
 
 
-@register_format("onnx")
-class ONNXExporter:
-    default_quants = (DEFAULT,)
+class ONNXExporter(Exporter):
+    options = option_names(OnnxOptions)
     tool_packages = ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")
 
     def check_recipe(self, recipe) -> None:
@@ -150,7 +145,7 @@ class ONNXExporter:
             af.tensor_types = tensor_types(folder / MODEL_FILE)
             af.size = sum((folder / n).stat().st_size for n in (MODEL_FILE, DATA_FILE) if (folder / n).is_file())
             af.sha256 = sha256_file(folder / MODEL_FILE)
-        ctx.onnx = {"runtime": "onnxruntime-genai", "execution_provider": "cpu", "options": asdict(opts),
+        ctx.record = {"runtime": "onnxruntime-genai", "execution_provider": "cpu", "options": asdict(opts),
                     "folders": {af.quant: str(Path(af.path).parent) + "/" for af in files}, **parity}
         return files
 
@@ -208,9 +203,35 @@ class ONNXExporter:
                        ids_fed="source tokenizer")
         return verdict
 
+    def usage(self, m: Manifest) -> list[str]:
+        """How to run an ONNX folder with onnxruntime-genai, and what its own tokenizer/template engine get wrong."""
+        onnx = m.onnx if m.onnx is not None else {}
+        folder = next(iter(onnx.get("folders", {}).values()), "./")
+        lines = [f"- `{f.path}`: {'; '.join(f.notes)}" for f in m.files if f.notes]
+        lines += ["", "Each quant folder runs with onnxruntime-genai (`pip install onnxruntime-genai`):", "", "```python",
+                 "import onnxruntime_genai as og", f'model = og.Model("{folder}")',
+                 "params = og.GeneratorParams(model)", "params.set_search_options(max_length=256)",
+                 "gen = og.Generator(model, params)", "gen.append_tokens(ids)  # token ids, see below",
+                 "while not gen.is_done():", "    gen.generate_next_token()", "```", ""]
+        tok, tpl = onnx.get("tokenizer", {}), onnx.get("chat_template", {})
+        if tok.get("runtime_ids_identical"):
+            bos = " once BOS is prepended (it adds none itself)" if tok.get("prepend_bos") else ""
+            lines.append(f"onnxruntime-genai's own tokenizer gives the source token ids on the held-out text{bos}.")
+        elif tok:
+            d = tok.get("first_difference", {})
+            lines.append("onnxruntime-genai's own tokenizer does **not** reproduce the source token ids "
+                         f"({tok.get('runtime_tokens')} vs {tok.get('source_tokens')} tokens on the held-out text, first "
+                         f"difference at token {d.get('position')}): tokenize with `tokenizer.json` through transformers "
+                         "and pass the ids, as `koquant chat` does.")
+        if tpl.get("runtime_renders_identical") is False:
+            why = tpl.get("error") or "its rendering differs"
+            lines.append(f"Its chat-template engine (minja) does not render this template like jinja2 ({why}); "
+                         "render prompts with `chat_template.jinja` through jinja2.")
+        return lines
+
     # ------------------------------------------------------------------ per-quant records
     def finalize(self, ctx, manifest: Manifest) -> None:
-        """Give every quant folder its own manifest and card (the ONNX record is ``ctx.onnx``, set by export)."""
+        """Give every quant folder its own manifest and card (the ONNX record is ``ctx.record``, set by export)."""
         for f in manifest.files:
             folder = Path(f.path).parent
             sub = copy.deepcopy(manifest)
@@ -219,7 +240,7 @@ class ONNXExporter:
             sub.part_of = "../koquant.json"
             sub.folder_files = {p.name: sha256_file(p) for p in sorted((ctx.out / folder).iterdir()) if p.is_file()}
             write_manifest(ctx.out / folder, sub)
-            write_model_card(ctx.out / folder, sub)
+            write_model_card(ctx.out / folder, sub, library=self.format.library, usage=self.usage(sub))
 
 
 def _run_genai(ctx, folder: Path, job: dict, step: str) -> dict:

@@ -1,5 +1,5 @@
 """One :class:`~koquant.runtime.session.Backend` per format: ``hf``, ``gguf``, ``onnx``, ``gptq``.
 
-Each module registers its backend with :func:`~koquant.runtime.loader.register_backend` when
-:mod:`koquant.runtime.loader` imports it, the first time a path of that format is loaded.
+The format registry (:mod:`koquant.exporters`) names each format's backend class; the loader imports
+its module the first time a path of that format is loaded.
 """

@@ -20,7 +20,7 @@ import numpy as np
 from ...errors import KoquantError
 from ... import procs
 from ...exporters.gguf.llamacpp import import_llama_cpp, open_model, tokenize
-from ..loader import LoadError, Target, register_backend
+from ..loader import LoadError, Target
 from ..session import Backend
 from ..tokenizer import TextTokenizer
 
@@ -43,12 +43,26 @@ class DecodeError(KoquantError):
     """llama.cpp failed to evaluate a batch."""
 
 
-@register_backend("gguf")
 class GGUFBackend(Backend):
     name = "llama.cpp"
     format = "gguf"
     own_tokenizer = "llama.cpp's tokenizer"
     options = ("threads", "n_ctx", "n_batch", "flash_attn")
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        import_llama_cpp()
+
+    @classmethod
+    def bytes_per_token(cls, model: Path) -> int:
+        from ...exporters.gguf.reader import read_gguf
+        from ...source.architectures import GGUF_EMBED, GGUF_HEAD
+
+        tensors = {t.name: t.n_bytes for t in read_gguf(model).tensors}
+        total = sum(tensors.values())
+        if f"{GGUF_HEAD}.weight" in tensors:  # untied: the token embedding is only looked up
+            total -= tensors.get(f"{GGUF_EMBED}.weight", 0)
+        return total
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, flash_attn: bool = False):

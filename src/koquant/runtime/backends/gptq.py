@@ -8,18 +8,40 @@ GPTQModel's kernel (optimum and gptqmodel must be installed, the ``gptq`` extra)
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+from pathlib import Path
 
 from ...errors import missing_extra
 from .hf import HFBackend
-from ..loader import Target, register_backend
+from ..loader import Target
 
 
-@register_backend("gptq")
 class GPTQBackend(HFBackend):
     name = "transformers+gptqmodel"
     format = "gptq"
     options = ("threads", "n_ctx")
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        super().import_runtime()
+        import gptqmodel  # noqa: F401
+        import optimum  # noqa: F401
+
+    @classmethod
+    def bytes_per_token(cls, model: Path) -> int:
+        """Every stored tensor (packed weights, scales, zero points, the 16-bit rest) but an untied embedding."""
+        from ...source.architectures import architecture_for
+        from ...source.safetensors import read_safetensors_header
+
+        arch = architecture_for(json.loads((model / "config.json").read_text(encoding="utf-8")))
+        tensors = {}
+        for p in sorted(model.glob("*.safetensors")):
+            tensors.update({n: t.nbytes for n, t in read_safetensors_header(p).items()})
+        total = sum(tensors.values())
+        if f"{arch.head}.weight" in tensors:  # untied: the token embedding is only looked up
+            total -= tensors.get(f"{arch.embed}.weight", 0)
+        return total
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None):
         missing = [m for m in ("gptqmodel", "optimum") if importlib.util.find_spec(m) is None]

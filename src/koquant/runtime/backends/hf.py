@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from ...errors import BackendMissingError, CheckpointError
-from ..loader import Target, register_backend
+from ..loader import Target
 from ..session import Backend
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-@register_backend("hf")
 class HFBackend(Backend):
     name = "transformers"
     format = "hf"
     own_tokenizer = ""  # it runs on the source tokenizer itself
     options = ("dtype", "threads", "n_ctx")
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        import torch  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
+
+    @classmethod
+    def bytes_per_token(cls, model: Path) -> int:
+        from ...source.checkpoint import Checkpoint
+
+        return checkpoint_bytes_per_token(Checkpoint.open(model), None)
 
     def __init__(self, target: Target, *, dtype: str | None = None, threads: int | None = None,
                  n_ctx: int | None = None):
@@ -117,3 +128,24 @@ def _quiet_loading():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+_ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def checkpoint_bytes_per_token(ckpt, dtype: str | None) -> int:
+    """The source's weights as the baseline holds them (``dtype``; None: as stored)."""
+    arch = ckpt.architecture
+    total, embed = 0, 0
+    for name, t in ckpt.tensors.items():
+        n = t.nbytes
+        if dtype is not None and t.dtype in ("F32", "BF16", "F16"):
+            elements = 1
+            for d in t.shape:
+                elements *= d
+            n = elements * _ELEMENT_BYTES[dtype]
+        total += n
+        if name == f"{arch.embed}.weight":
+            embed = n
+    tied = bool(ckpt.config.get("tie_word_embeddings")) or f"{arch.head}.weight" not in ckpt.tensors
+    return total - (0 if tied else embed)

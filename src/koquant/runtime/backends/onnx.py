@@ -16,16 +16,52 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import missing_extra
-from ..loader import LoadError, Target, register_backend
+from ..loader import LoadError, Target
 from ..session import Backend
 
 
-@register_backend("onnx")
 class OnnxBackend(Backend):
     name = "onnxruntime-genai"
     format = "onnx"
     own_tokenizer = "onnxruntime-genai's tokenizer"
     options = ("threads", "n_ctx")
+
+    @classmethod
+    def import_runtime(cls) -> None:
+        from ...exporters.onnx import genai
+
+        genai.import_og()
+
+    @classmethod
+    def weight_files(cls, model: Path) -> list[Path]:
+        return sorted(p for p in model.iterdir()
+                      if p.is_file() and (p.suffix == ".onnx" or p.name.endswith(".onnx.data")))
+
+    @classmethod
+    def bytes_per_token(cls, folder: Path) -> int:
+        """Initializer bytes of model.onnx (read without its external data), less an untied embedding table."""
+        model = folder / "model.onnx"
+        try:
+            import onnx
+        except ImportError:  # the runtime without the onnx package: count the files
+            return sum(p.stat().st_size for p in cls.weight_files(folder))
+        graph = onnx.load(str(model), load_external_data=False).graph
+        sizes: dict[str, int] = {}
+        for init in graph.initializer:
+            ext = {e.key: e.value for e in init.external_data}
+            sizes[init.name] = int(ext["length"]) if "length" in ext else len(init.raw_data)
+        uses: dict[str, int] = {}
+        for node in graph.node:
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+        inputs = {i.name for i in graph.input}
+        embed = 0
+        for node in graph.node:  # the lookup table: a Gather (or its quantized form) indexed by input_ids
+            if node.op_type.startswith("Gather") and len(node.input) > 1 and node.input[1] in inputs:
+                tables = [n for n in node.input if n in sizes]
+                if tables and all(uses.get(n, 0) == 1 for n in tables):
+                    embed += sum(sizes[n] for n in tables)
+        return sum(sizes.values()) - embed
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None):
         self.folder = Path(target.model)
