@@ -31,11 +31,6 @@ def available_backends() -> list[str]:
     return sorted(f.name for f in formats())
 
 
-def format_title(fmt: str) -> str:
-    """How messages name a format (``GGUF``, ``Hugging Face folder``)."""
-    return next((f.title for f in formats() if f.name == fmt), fmt)
-
-
 @dataclass
 class Target:
     """What to open: resolved from a path before any backend is imported."""
