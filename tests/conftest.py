@@ -83,8 +83,31 @@ def llama_tools():
     return build_tools()
 
 
+#: the export fixture of each format: a test asking for one runs for the families that format supports
+FAMILY_FORMAT = {"gguf_exports": "gguf", "onnx_exports": "onnx", "gptq_exports": "gptq"}
+
+
+def families_for(fmt: str | None = None) -> list[str]:
+    """The miniatures whose architecture (in the registry) ``fmt`` exports; every miniature for None."""
+    from koquant.source.architectures import architecture
+
+    return sorted(name for name, fam in FAMILIES.items()
+                  if fmt is None or fmt in architecture(fam.hf_class).backends)
+
+
 def pytest_generate_tests(metafunc):
-    # Tests asking for `family` run once per seed family, generated from the registry, so a new
-    # family without tests cannot slip in.
+    # Tests asking for `family` run once per miniature, generated from the architecture registry
+    # (tests/test_families.py checks every exportable architecture has one), and only for the
+    # families the format under test supports; so a new architecture without tests cannot slip in.
     if "family" in metafunc.fixturenames:
-        metafunc.parametrize("family", sorted(FAMILIES))
+        formats = {FAMILY_FORMAT[f] for f in metafunc.fixturenames if f in FAMILY_FORMAT}
+        names = set(families_for())
+        for fmt in formats:
+            names &= set(families_for(fmt))
+        backends = metafunc.definition.get_closest_marker("family_backends")
+        if backends is None:
+            metafunc.parametrize("family", sorted(names))
+        else:  # (family, backend) pairs: "hf" and each "format:quant" the family's architecture exports
+            pairs = [(f, b) for f in sorted(names) for b in backends.args[0]
+                     if b == "hf" or f in families_for(b.partition(":")[0])]
+            metafunc.parametrize(("family", "backend"), pairs)

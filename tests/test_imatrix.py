@@ -41,8 +41,8 @@ def test_torch_imatrix_equals_llama_imatrix(default_model, llama_tools, tmp_path
     assert set(ours.names()) == set(theirs)
     assert len(theirs) == 7 * model.config.num_hidden_layers
     for name, (sum2, count) in theirs.items():
-        assert ours.counts[name] == count == N_CTX * N_CHUNKS
-        mine = ours.sum2[name]
+        assert ours.counts[name].tolist() == [count] == [N_CTX * N_CHUNKS]
+        mine = ours.sum2[name].reshape(-1)
         rel = np.abs(mine - sum2) / (np.abs(sum2) + 1e-6 * np.abs(sum2).max())
         assert rel.max() < 1e-3, (name, float(rel.max()))
         # the importance pattern itself (what quantization uses) agrees almost exactly
@@ -53,7 +53,8 @@ def test_imatrix_written_in_llama_cpp_layout(tmp_path):
     """Our imatrix.gguf reads back through the same reader as llama-imatrix's files."""
     from koquant.exporters.gguf.imatrix import Imatrix
 
-    im = Imatrix({"blk.0.attn_q.weight": np.arange(256, dtype=np.float64)}, {"blk.0.attn_q.weight": 512}, 4)
+    im = Imatrix({"blk.0.attn_q.weight": np.arange(256, dtype=np.float64)[None, :]},
+                 {"blk.0.attn_q.weight": np.array([512])}, 4)
     llamacpp.write_imatrix_gguf(tmp_path / "im.gguf", im, "kobill", 128)
     back = llamacpp.read_imatrix_gguf(tmp_path / "im.gguf")
     s, c = back["blk.0.attn_q.weight"]

@@ -18,6 +18,7 @@ from koquant.source.chat_template import TemplateError
 from koquant.runtime import ContextLengthError, LoadError, SamplingError, load
 from koquant.runtime.loader import available_backends
 
+from .conftest import families_for
 from .runtime_backends import onnx_available
 from koquant.runtime.sampling import Sampler, SamplingParams
 from koquant.runtime.session import Backend, Session
@@ -49,6 +50,11 @@ def _matrix() -> list[str]:
 
 MATRIX = _matrix()
 EXPORTS = [b for b in MATRIX if b != "hf"]
+
+
+def backends_of(family: str) -> list[str]:
+    """The backends of the matrix that the family's architecture exports to (and the source)."""
+    return [b for b in MATRIX if b == "hf" or family in families_for(b.partition(":")[0])]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +107,7 @@ def _hf_prompt(tok, conv) -> tuple[str, list[int]]:
 
 # ---------------------------------------------------------------------------- prompts and ids
 @pytest.mark.parametrize("conv", sorted(CONVERSATIONS))
-@pytest.mark.parametrize("backend", MATRIX)
+@pytest.mark.family_backends(MATRIX)
 def test_prompt_and_ids_identical_to_transformers(family, backend, conv, sessions, hf_reference):
     s = sessions(family, backend)
     tok, _ = hf_reference(family)
@@ -120,7 +126,7 @@ def test_prompt_and_ids_identical_to_transformers(family, backend, conv, session
 
 def test_same_prompt_ids_on_every_backend(family, sessions):
     for conv in CONVERSATIONS.values():
-        got = {b: sessions(family, b).encode_chat(conv) for b in MATRIX}
+        got = {b: sessions(family, b).encode_chat(conv) for b in backends_of(family)}
         assert len({tuple(v) for v in got.values()}) == 1, got
 
 
@@ -173,7 +179,7 @@ def _hf_greedy(model, ids: list[int], stop: set[int], repetition_penalty: float,
 
 
 @pytest.mark.parametrize("conv", ["single", "3-turn+system"])
-@pytest.mark.parametrize("backend", MATRIX)
+@pytest.mark.family_backends(MATRIX)
 def test_greedy_32_tokens_equal_transformers_generate(family, backend, conv, sessions, hf_reference):
     s = sessions(family, backend)
     tok, model = hf_reference(family)
@@ -187,7 +193,7 @@ def test_greedy_32_tokens_equal_transformers_generate(family, backend, conv, ses
     assert text == tok.decode(want, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-@pytest.mark.parametrize("backend", EXPORTS)
+@pytest.mark.family_backends(EXPORTS)
 def test_seeded_sampling_means_the_same_on_every_backend(family, backend, sessions):
     """Same seed, same parameters: each backend draws the same uniform numbers through the same
     sampler, so on an unquantized export the sampled tokens are the source's, except where a draw
@@ -292,7 +298,7 @@ def test_defaults_come_from_generation_config(family, sessions, miniature):
     import json
 
     gen = json.loads((miniature(family) / "generation_config.json").read_text())
-    for b in MATRIX:
+    for b in backends_of(family):
         d = sessions(family, b).defaults
         assert d.do_sample == gen.get("do_sample", False)
         assert d.temperature == gen.get("temperature", 1.0)

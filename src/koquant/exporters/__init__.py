@@ -130,6 +130,9 @@ class Exporter:
         """Refuse a recipe this exporter cannot make (or whose backend is missing), before any work."""
         raise NotImplementedError
 
+    def check_source(self, ckpt) -> None:
+        """Refuse a checkpoint the format's pinned backend would run wrongly, before any work (default: none)."""
+
     def needs_calibration(self, recipe: Recipe) -> bool:
         raise NotImplementedError
 

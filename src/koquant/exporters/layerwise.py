@@ -8,8 +8,8 @@ it and drops it again. Peak memory is one layer (or the embedding) plus the acti
 chunks, whatever the depth of the model.
 
 The pieces are the model's own transformers modules, fed exactly what its ``forward`` feeds
-them (captured at the first decoder layer: hidden states, rotary embeddings, causal mask), one
-chunk at a time with the same shapes, so the logits are bit-identical to
+them (captured per decoder layer: hidden states, rotary embeddings, the mask of its attention
+type), one chunk at a time with the same shapes, so the logits are bit-identical to
 ``AutoModelForCausalLM.from_pretrained(..., dtype=float32)`` (``tests/test_memory_bound.py``).
 """
 
@@ -30,43 +30,60 @@ class _Captured(Exception):
     pass
 
 
-def capture_layer_inputs(model, first_layer, chunks) -> list[tuple]:
-    """(hidden_states, kwargs) entering ``first_layer`` (decoder layer 0 of ``model``) for every chunk of token ids.
+def capture_layer_inputs(model, layers, chunks) -> list[tuple]:
+    """What the model's own forward hands each decoder layer in ``layers``, for every chunk of token ids.
 
-    The one layer-input capture: a forward pre-hook records what the model's own forward hands the first
-    layer (embeddings, position embeddings, masks) and stops the forward there. Used by the layer-by-layer
-    reference and by the ONNX int4 GPTQ pass.
+    Returns one ``(hidden_states, kwargs_per_layer)`` per chunk: the hidden states entering the first
+    layer and, for every layer, the keyword arguments its forward receives (position embeddings,
+    attention mask). Those differ between layers in families that mix attention types (Gemma 2/3,
+    EXAONE 4: a sliding-window mask and local rope on some layers, a full mask and global rope on the
+    others), so each layer is later fed its own. While capturing, every layer passes its input
+    through unchanged, and the forward stops after the last layer. The one layer-input capture:
+    used by the layer-by-layer reference and by the ONNX int4 GPTQ pass.
     """
     import torch
 
     captured = []
+    current: dict = {}
+    last = len(layers) - 1
 
-    def grab(_module, args, kwargs):
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden.detach(), dict(kwargs)))
-        raise _Captured
+    def recorder(i):
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if i == 0:
+                current["hidden"] = hidden.detach()
+            current.setdefault("kwargs", []).append(dict(kwargs))
+            if i == last:
+                raise _Captured
+            return hidden
+        return forward
 
-    hook = first_layer.register_forward_pre_hook(grab, with_kwargs=True)
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
     try:
         with torch.inference_mode():
             for ids in chunks:
+                current.clear()
                 try:
                     model(input_ids=torch.tensor([list(ids)]), use_cache=False)
                 except _Captured:
                     pass
+                captured.append((current["hidden"], current["kwargs"]))
     finally:
-        hook.remove()
+        for layer in layers:
+            del layer.forward  # back to the class's forward
     return captured
 
 
-def run_layer(layer, states) -> list[tuple]:
-    """Every (hidden_states, kwargs) of ``states`` through one decoder layer: its output states, same kwargs."""
+def run_layer(layer, index: int, states) -> list[tuple]:
+    """Every ``(hidden_states, kwargs_per_layer)`` of ``states`` through decoder layer ``index``:
+    its output states, fed that layer's own kwargs; the kwargs are passed on unchanged."""
     import torch
 
     out = []
     with torch.inference_mode():
         for hidden, kwargs in states:
-            y = layer(hidden, **kwargs)
+            y = layer(hidden, **kwargs[index])
             out.append((y[0] if isinstance(y, tuple) else y, kwargs))
     return out
 
@@ -148,9 +165,35 @@ class LayerwiseModel:
 
         source = name if name in self._where else self._tied.get(name, name)
         if source not in self._where:
-            raise KeyError(f"{name} is not in the checkpoint's safetensors files")
+            fused = self._fused_experts(name)
+            if fused is None:
+                raise KeyError(f"{name} is not in the checkpoint's safetensors files")
+            return fused
         with safe_open(self._where[source], "pt") as st:
             return st.get_tensor(source).to(torch.float32)
+
+    def _fused_experts(self, name: str):
+        """A mixture of experts' 3-D parameter from the per-expert Linears checkpoints store.
+
+        transformers 5 keeps a layer's experts as ``experts.gate_up_proj`` (experts x 2*ffn x hidden:
+        each expert's gate rows, then its up rows) and ``experts.down_proj`` (experts x hidden x ffn),
+        and converts the ``experts.E.{gate,up,down}_proj.weight`` tensors of a saved checkpoint to
+        them as it loads; the same here. None for any other name.
+        """
+        import torch
+
+        stem, _, kind = name.rpartition(".")
+        if not stem.endswith(".experts") or kind not in ("gate_up_proj", "down_proj"):
+            return None
+        n = 0
+        while f"{stem}.{n}.down_proj.weight" in self._where:
+            n += 1
+        if not n:
+            return None
+        if kind == "down_proj":
+            return torch.stack([self._tensor(f"{stem}.{e}.down_proj.weight") for e in range(n)])
+        return torch.stack([torch.cat([self._tensor(f"{stem}.{e}.gate_proj.weight"),
+                                       self._tensor(f"{stem}.{e}.up_proj.weight")]) for e in range(n)])
 
     def _load(self, prefix: str) -> None:
         module = self.model.get_submodule(prefix)
@@ -173,11 +216,11 @@ class LayerwiseModel:
         return len(self.model.get_submodule(self.arch.layers))
 
     def layer_inputs(self, chunks: Sequence[Sequence[int]]) -> list[tuple]:
-        """(hidden_states, kwargs) at the first decoder layer for every chunk, as the model's forward makes them."""
+        """(hidden_states, kwargs_per_layer) for every chunk, as the model's forward makes them."""
         embed = self.arch.embed
         self._load(embed)
         try:
-            return capture_layer_inputs(self.model, self.model.get_submodule(self.arch.layer(0)), chunks)
+            return capture_layer_inputs(self.model, self.model.get_submodule(self.arch.layers), chunks)
         finally:
             self._drop(embed)
 
@@ -188,7 +231,7 @@ class LayerwiseModel:
             prefix = self.arch.layer(i)
             self._load(prefix)
             try:
-                states = run_layer(self.model.get_submodule(prefix), states)
+                states = run_layer(self.model.get_submodule(prefix), i, states)
             finally:
                 self._drop(prefix)
             if on_layer is not None:

@@ -76,6 +76,7 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
     if refusal:
         raise RecipeError(refusal, hint="choose --fmt " + " or ".join(ckpt.architecture.backends))
     exporter.check_recipe(recipe)
+    exporter.check_source(ckpt)
     heldout = korean_constitution()
     calibration = None
     if exporter.needs_calibration(recipe):

@@ -36,6 +36,9 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "attention_bias": ("attention_bias",),
     "mlp_bias": ("mlp_bias",),
     "dtype": ("torch_dtype", "dtype"),
+    "n_experts": ("num_experts", "num_local_experts", "n_routed_experts"),
+    "n_experts_used": ("num_experts_per_tok",),
+    "expert_intermediate": ("moe_intermediate_size",),
 }
 _REQUIRED = ("n_layers", "hidden", "intermediate", "n_heads", "vocab")
 _LABELS = {
@@ -79,6 +82,12 @@ class ModelSpec:
     lm_head_in_checkpoint: bool | None = None
     checkpoint_bytes: int | None = None
     source: str = ""
+    #: a mixture of experts: routed experts per layer, experts per token, an expert's FFN width
+    n_experts: int | None = None
+    n_experts_used: int | None = None
+    expert_intermediate: int | None = None
+    #: each layer's attention (``sliding_attention``/``full_attention``) where the config gives ``layer_types``
+    layer_types: tuple[str, ...] | None = None
 
     @property
     def architecture(self):
@@ -197,6 +206,16 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
     rope_theta = float(theta) if isinstance(theta, (int, float)) and not isinstance(theta, bool) else None
 
     _, dtype = _lookup(config, "dtype")
+    moe = {}
+    if arch.experts:
+        moe = {c: _positive_int(config, c, where, required=True)
+               for c in ("n_experts", "n_experts_used", "expert_intermediate")}
+    layer_types = config.get("layer_types") if arch.layer_types else None
+    if layer_types is not None and (not isinstance(layer_types, list) or len(layer_types) != vals["n_layers"]
+                                    or not all(t in ("sliding_attention", "full_attention") for t in layer_types)):
+        raise CheckpointError(
+            f"{where}: layer_types must list 'sliding_attention' or 'full_attention' for each of the "
+            f"{vals['n_layers']} layers", hint="fix layer_types in config.json")
     return ModelSpec(
         name=name,
         arch=arch.name,
@@ -216,6 +235,8 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
         mlp_bias=bool(_lookup(config, "mlp_bias")[1]),
         dtype=str(dtype or "bfloat16"),
         source=source,
+        layer_types=tuple(layer_types) if layer_types else None,
+        **moe,
     )
 
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BACKENDS", "GGUF_LAYERS", "GGUF_EMBED", "GGUF_NORM", "GGUF_HEAD", "GGUF_ROPE_FREQS",
     "Linear", "Norm", "Dims", "OnnxNames", "Architecture", "Weight", "ARCHITECTURES",
-    "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights",
+    "MULTIMODAL", "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights",
 ]
 
 #: the exporters an entry can name in ``backends``
@@ -55,7 +55,7 @@ class Linear:
     ``block``: the half of the layer it belongs to (``attention`` or ``mlp``; each half starts with
     its norm). ``in_dim``/``out_dim``: its widths, as :class:`Dims` field names. ``bias``: when it
     has a bias: ``qkv`` (the family's ``qkv_bias`` or the config's ``attention_bias``),
-    ``attention`` (``attention_bias``), ``mlp`` (``mlp_bias``).
+    ``attention`` (``attention_bias``), ``mlp`` (``mlp_bias``), ``none`` (never).
     """
 
     hf: str
@@ -64,15 +64,27 @@ class Linear:
     in_dim: str
     out_dim: str
     bias: str
+    #: one per expert of a mixture-of-experts layer: ``hf`` holds ``{e}`` for the expert's index, and
+    #: the GGUF stores all experts in one 3-D tensor ``gguf`` (``ffn_up_exps``: in x out x experts)
+    expert: bool = False
+
+    def hf_names(self, n_experts: int | None) -> list[str]:
+        """Its submodule name(s) inside a decoder layer: one per expert for an expert Linear."""
+        return [self.hf.format(e=e) for e in range(n_experts or 0)] if self.expert else [self.hf]
 
 
 @dataclass(frozen=True)
 class Norm:
-    """The norm that starts one half (``block``) of a decoder layer."""
+    """A norm of a decoder layer, in one half (``block``) of it.
+
+    ``width``: ``hidden`` (the layer's pre- and post-norms) or ``head`` (Qwen 3's and Gemma 3's
+    q/k norms, applied per attention head).
+    """
 
     hf: str
     gguf: str
     block: str
+    width: str = "hidden"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Dims:
     intermediate: int | None
     q: int  # attention heads x head_dim
     kv: int  # key/value heads x head_dim
+    head: int = 0  # head_dim
+    expert_intermediate: int | None = None  # an expert's intermediate width (moe_intermediate_size)
+    experts: int | None = None  # routed experts per MoE layer (the router's output width)
 
     @classmethod
     def from_config(cls, config: dict) -> Dims:
@@ -90,7 +105,8 @@ class Dims:
         hidden, heads = config["hidden_size"], config["num_attention_heads"]
         head_dim = config.get("head_dim") or hidden // heads
         kv = config.get("num_key_value_heads") or heads
-        return cls(hidden, config.get("intermediate_size"), heads * head_dim, kv * head_dim)
+        return cls(hidden, config.get("intermediate_size"), heads * head_dim, kv * head_dim, head_dim,
+                   config.get("moe_intermediate_size"), config.get("num_experts"))
 
 
 @dataclass(frozen=True)
@@ -155,7 +171,10 @@ class Architecture:
     llama.cpp applies the config's sliding window to its KV cache (False for Mistral v0.1, which
     llama.cpp runs as plain Llama with full attention). ``rope_freqs``: llama3 rope scaling makes
     the converter write an F32 ``rope_freqs`` tensor. ``logit_softcap``: the model soft-caps its
-    final logits by the config's ``final_logit_softcapping``. ``notes``: what ``koquant plan``
+    final logits by the config's ``final_logit_softcapping`` (``attn_softcap``: its attention scores
+    by ``attn_logit_softcapping``). ``layer_types``: the config's ``layer_types`` gives each layer
+    sliding-window or full attention (with its own rope base where the config has two).
+    ``experts``: a mixture of experts (``num_experts`` routed, ``num_experts_per_tok`` per token). ``notes``: what ``koquant plan``
     adds to its assumptions; ``manifest_note``: what every export's manifest records.
     ``backends``: the exporters that support it; empty for a family only ``koquant plan`` knows,
     with ``missing`` saying what it lacks.
@@ -179,11 +198,15 @@ class Architecture:
     qkv_bias: bool = False
     rope_freqs: bool = False
     logit_softcap: bool = False
+    attn_softcap: bool = False
+    layer_types: bool = False
+    experts: bool = False
     tokenizer_kind: str | None = None  # "spm"/"bpe" when the family always uses one
     notes: tuple[str, ...] = ()
     manifest_note: str = ""
     backends: tuple[str, ...] = ()
     onnx: OnnxNames | None = None
+    unsupported: dict[str, str] = field(default_factory=dict)  # format -> why its pinned backend cannot
     missing: str = ""
     _layer_re: re.Pattern = field(init=False, repr=False, compare=False)
 
@@ -248,11 +271,27 @@ class Architecture:
         """The safetensors shape (out, in) of every weight of the Hugging Face checkpoint."""
         h = dims.hidden
         shapes = {f"{self.embed}.weight": (vocab, h), f"{self.head}.weight": (vocab, h), f"{self.norm}.weight": (h,)}
-        per_layer = {f"{n}.weight": (o, i) for n, (i, o) in self.linear_widths(dims).items()}
-        per_layer.update({f"{n.hf}.weight": (h,) for n in self.norms})
+        per_layer = {}
+        for lin in self.linears:
+            widths = self.linear_widths(dims).get(lin.hf)
+            if widths is not None:
+                per_layer.update({f"{n}.weight": widths[::-1] for n in lin.hf_names(dims.experts)})
+        per_layer.update({f"{n.hf}.weight": (dims.head if n.width == "head" else h,) for n in self.norms})
         for i in range(n_layers):
             shapes.update({f"{self.layer(i)}.{k}": v for k, v in per_layer.items()})
         return shapes
+
+    # ------------------------------------------------------------------ experts
+    def routed_share(self, config: dict) -> float:
+        """The share of a mixture of experts' expert weights one token reads (experts per token / experts); 1 else."""
+        if not self.experts:
+            return 1.0
+        return config["num_experts_per_tok"] / config["num_experts"]
+
+    @staticmethod
+    def is_expert_weight(name: str) -> bool:
+        """A tensor of one routed expert (``...mlp.experts.3.up_proj...``) or of all of them (GGUF ``ffn_up_exps``)."""
+        return ".experts." in name or "_exps." in name
 
     # ------------------------------------------------------------------ backends
     def refusal(self, fmt: str | None = None) -> str | None:
@@ -261,7 +300,8 @@ class Architecture:
             return f"no koquant exporter supports {self.hf_class} yet: {self.missing}"
         if fmt is None or fmt in self.backends:
             return None
-        return f"{fmt} export does not support {self.hf_class} (it exports to {', '.join(self.backends)})"
+        why = self.unsupported.get(fmt, f"{fmt} export does not support it")
+        return f"{self.hf_class} cannot be exported to {fmt}: {why} (it exports to {', '.join(self.backends)})"
 
 
 # --------------------------------------------------------------------------- the Llama layer
@@ -278,6 +318,27 @@ _LLAMA_NORMS = (
     Norm("input_layernorm", "attn_norm", "attention"),
     Norm("post_attention_layernorm", "ffn_norm", "mlp"),
 )
+_QK_NORMS = (  # per attention head, before rope (Qwen 3, Gemma 3, EXAONE 4)
+    Norm("self_attn.q_norm", "attn_q_norm", "attention", "head"),
+    Norm("self_attn.k_norm", "attn_k_norm", "attention", "head"),
+)
+_QK_NORMED = _LLAMA_NORMS + _QK_NORMS
+_GEMMA2_NORMS = (  # a pre- and a post-norm around attention and around the MLP
+    Norm("input_layernorm", "attn_norm", "attention"),
+    Norm("post_attention_layernorm", "post_attention_norm", "attention"),
+    Norm("pre_feedforward_layernorm", "ffn_norm", "mlp"),
+    Norm("post_feedforward_layernorm", "post_ffw_norm", "mlp"),
+)
+_EXAONE4_NORMS = (  # post-norms only
+    Norm("post_attention_layernorm", "post_attention_norm", "attention"),
+    Norm("post_feedforward_layernorm", "post_ffw_norm", "mlp"),
+) + _QK_NORMS
+_MOE_LINEARS = (  # the router and each expert's SwiGLU MLP
+    Linear("mlp.gate", "ffn_gate_inp", "mlp", "hidden", "experts", "none"),
+    Linear("mlp.experts.{e}.gate_proj", "ffn_gate_exps", "mlp", "hidden", "expert_intermediate", "none", expert=True),
+    Linear("mlp.experts.{e}.up_proj", "ffn_up_exps", "mlp", "hidden", "expert_intermediate", "none", expert=True),
+    Linear("mlp.experts.{e}.down_proj", "ffn_down_exps", "mlp", "expert_intermediate", "hidden", "none", expert=True),
+)
 _Q, _K, _V, _O, _GATE, _UP, _DOWN = (lin.hf for lin in _LLAMA_LINEARS)
 # the builder's MatMulNBits weights of a Llama-shaped layer: q/k/v fused into one
 _LLAMA_BUILDER_LINEARS = {
@@ -290,13 +351,14 @@ _LLAMA_BUILDER_LINEARS = {
 
 
 def _llama_shaped(name: str, hf_classes: tuple[str, ...], gguf_arch: str, *, builder_model: str | None = None,
+                  norms: tuple[Norm, ...] = _LLAMA_NORMS, model_types: tuple[str, ...] | None = None,
                   **quirks) -> Architecture:
-    """A family with the Llama decoder layer; ``builder_model``: every exporter supports it (the ONNX
+    """A family with the Llama decoder Linears; ``builder_model``: every exporter supports it (the ONNX
     builder builds it as that class, naming its initializers after the Hugging Face module paths)."""
     exported = {}
     if builder_model is not None:
         exported = {"backends": BACKENDS, "onnx": OnnxNames(builder_model, _HF_LAYERS, _LLAMA_BUILDER_LINEARS)}
-    return Architecture(name, hf_classes, (name,), gguf_arch, linears=_LLAMA_LINEARS, norms=_LLAMA_NORMS,
+    return Architecture(name, hf_classes, model_types or (name,), gguf_arch, linears=_LLAMA_LINEARS, norms=norms,
                         **exported, **quirks)
 
 
@@ -324,12 +386,69 @@ ARCHITECTURES: dict[str, Architecture] = {
             manifest_note="tied embeddings: the GGUF has no output.weight; token_embd serves both",
         ),
         _llama_shaped(
-            "qwen2", ("Qwen2ForCausalLM",), "qwen2",
+            "qwen2", ("Qwen2ForCausalLM",), "qwen2", builder_model="QwenModel",
             tied_default=False, window_default=4096, window_requires_flag="use_sliding_window", qkv_bias=True,
             notes=("Qwen2 has q/k/v biases (kept F32 in GGUF)",),
-            missing="koquant.testing has no Qwen2 miniature, so no export of its q/k/v biases has been validated",
+        ),
+        _llama_shaped(
+            "qwen3", ("Qwen3ForCausalLM",), "qwen3", builder_model="Qwen3Model", norms=_QK_NORMED,
+            tied_default=False, window_default=4096, window_requires_flag="use_sliding_window",
+            notes=("Qwen3 normalizes queries and keys per head (attn_q_norm/attn_k_norm, F32 in GGUF)",),
+        ),
+        _llama_shaped(
+            "gemma2", ("Gemma2ForCausalLM",), "gemma2", builder_model="Gemma2Model", norms=_GEMMA2_NORMS,
+            tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
+            llama_cpp_window=True, logit_softcap=True, attn_softcap=True, layer_types=True,
+            notes=(
+                "Gemma 2 soft-caps attention scores and final logits, and alternates sliding-window and "
+                "full-attention layers",
+                "tied embeddings: the GGUF has no output.weight",
+            ),
+            manifest_note="tied embeddings: the GGUF has no output.weight; token_embd serves both",
+        ),
+        _llama_shaped(
+            "gemma3", ("Gemma3ForCausalLM",), "gemma3", builder_model="Gemma3Model",
+            norms=_GEMMA2_NORMS + _QK_NORMS, model_types=("gemma3_text",),
+            tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
+            llama_cpp_window=True, layer_types=True,
+            notes=(
+                "Gemma 3 gives each layer sliding-window (local rope base) or full attention (global rope "
+                "base) by its layer_types",
+                "tied embeddings: the GGUF has no output.weight",
+            ),
+            manifest_note="tied embeddings: the GGUF has no output.weight; token_embd serves both",
+        ),
+        _llama_shaped(
+            "exaone4", ("Exaone4ForCausalLM",), "exaone4", backends=("gguf", "gptq"), norms=_EXAONE4_NORMS,
+            tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True,
+            unsupported={"onnx": "onnxruntime-genai 0.18.0's model builder has no EXAONE 4 model"},
+            notes=(
+                "EXAONE 4 normalizes after attention and after the MLP (no pre-norms) and q/k per head; "
+                "the 32B mixes sliding-window and full-attention layers",
+            ),
+        ),
+        Architecture(
+            "qwen3_moe", ("Qwen3MoeForCausalLM",), ("qwen3_moe",), "qwen3moe", tied_default=False,
+            linears=_LLAMA_LINEARS[:4] + _MOE_LINEARS, norms=_QK_NORMED, experts=True,
+            backends=("gguf", "gptq"),
+            unsupported={"onnx": "onnxruntime-genai 0.18.0's model builder has no Qwen3-MoE model"},
+            notes=(
+                "Qwen3-MoE routes each token to num_experts_per_tok of num_experts experts: the GGUF stores "
+                "each layer's experts as one 3-D tensor per projection (ffn_*_exps)",
+            ),
         ),
     )
+}
+
+
+#: multimodal classes whose text model koquant exports, and how to get that text model
+MULTIMODAL = {
+    "Gemma3ForConditionalGeneration": (
+        "Gemma3ForCausalLM",
+        "load it with transformers and save its language model alone, e.g. "
+        "Gemma3ForCausalLM.from_pretrained(PATH).save_pretrained(OUT) (transformers keeps the text weights "
+        "and drops the vision tower), then export OUT",
+    ),
 }
 
 
@@ -357,6 +476,13 @@ def resolve_architecture(config: dict, where: str = "config.json") -> Architectu
             hint="add e.g. \"architectures\": [\"LlamaForCausalLM\"] to config.json",
         )
     name = archs[0]
+    if name in MULTIMODAL:
+        text_class, how = MULTIMODAL[name]
+        raise CheckpointError(
+            f"{name} in {where} is a multimodal model (text plus vision); koquant exports text models, "
+            f"and exports this one's text model as {text_class}",
+            hint=how,
+        )
     arch = architecture(name) if isinstance(name, str) else None
     if arch is None:
         raise CheckpointError(
@@ -402,6 +528,8 @@ def _head_is_stored(spec: ModelSpec) -> bool:
 
 
 def _has_bias(lin: Linear, arch: Architecture, spec: ModelSpec) -> bool:
+    if lin.bias == "none":
+        return False
     if lin.bias == "qkv":
         return arch.qkv_bias or spec.attention_bias
     return spec.attention_bias if lin.bias == "attention" else spec.mlp_bias
@@ -411,20 +539,25 @@ def weights(spec: ModelSpec) -> list[Weight]:
     """All stored weights of the model, in checkpoint order (embedding, layers, head), with GGUF names."""
     arch = ARCHITECTURES[spec.arch]
     h = spec.hidden
-    dims = Dims(h, spec.intermediate, spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim)
+    dims = Dims(h, spec.intermediate, spec.n_heads * spec.head_dim, spec.n_kv_heads * spec.head_dim,
+                spec.head_dim, spec.expert_intermediate, spec.n_experts)
     out = [Weight(f"{GGUF_EMBED}.weight", (h, spec.vocab), "embed", hf_module=arch.embed)]
     if arch.rope_freqs and spec.rope_type == "llama3":
         # convert_hf_to_gguf writes llama3 rope scaling as a per-frequency F32 tensor
         out.append(Weight(f"{GGUF_ROPE_FREQS}.weight", (spec.head_dim // 2,), "rope_freqs"))
     for i in range(spec.n_layers):
         p, m = f"{GGUF_LAYERS}.{i}.", f"{arch.layer(i)}."
-        for norm in arch.norms:
-            out.append(Weight(f"{p}{norm.gguf}.weight", (h,), "norm", i))
+        for block in dict.fromkeys(n.block for n in arch.norms):
+            for norm in arch.norms:
+                if norm.block == block:
+                    out.append(Weight(f"{p}{norm.gguf}.weight", (spec.head_dim if norm.width == "head" else h,),
+                                      "norm", i))
             for lin in arch.linears:
-                if lin.block != norm.block:
+                if lin.block != block:
                     continue
                 cols, rows = getattr(dims, lin.in_dim), getattr(dims, lin.out_dim)
-                out.append(Weight(f"{p}{lin.gguf}.weight", (cols, rows), "linear", i, m + lin.hf))
+                shape = (cols, rows, spec.n_experts) if lin.expert else (cols, rows)
+                out.append(Weight(f"{p}{lin.gguf}.weight", shape, "linear", i, m + lin.hf))
                 if _has_bias(lin, arch, spec):
                     out.append(Weight(f"{p}{lin.gguf}.bias", (rows,), "bias", i))
     out.append(Weight(f"{GGUF_NORM}.weight", (h,), "norm"))

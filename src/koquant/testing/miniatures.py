@@ -1,4 +1,4 @@
-"""Miniature checkpoints of the five seed families.
+"""Miniature checkpoints of the five seed families and of every other registered architecture.
 
 Each miniature keeps what makes its family hard to export - the HF class, the GQA ratio,
 rope theta, Gemma's tied embeddings and 256-wide heads, Mistral's sliding window, the real
@@ -40,11 +40,11 @@ _COMMON = {
 @dataclass(frozen=True)
 class Family:
     id: str  # miniature name
-    seed_id: str  # the real model it stands for (shared/seed-models.md)
+    seed_id: str  # the real model it stands for (shared/seed-models.md, or the plan preset)
     hf_class: str
     model_type: str
     tokenizer_kind: str  # koquant.testing.tokenizers.TOKENIZER_KINDS
-    chat_template: str
+    chat_template: str  # the template itself, or the name of a real one (koquant.testing.templates.resolve)
     config: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)
     # Every miniature is briefly trained on kobill, so its next-token distributions are peaked like a real
@@ -88,9 +88,65 @@ FAMILIES: dict[str, Family] = {
             {"do_sample": True, "temperature": 0.1, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.2,
              "max_new_tokens": 512},
         ),
+        # ---- the classes Korean models are built on since 2025 (issue 15). Sliding windows are
+        # smaller than an evaluation chunk, so the layers of each attention type really differ.
+        Family(
+            "qwen2-ko-mini", "ax-4.0-light", "Qwen2ForCausalLM", "qwen2", "qwen2-bpe", "qwen2.5",
+            {**_COMMON, "rope_theta": 1000000.0, "max_position_embeddings": 32768, "tie_word_embeddings": False,
+             "use_sliding_window": False},
+            {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
+             "max_new_tokens": 512},
+        ),
+        Family(
+            # Qwen3's head_dim (128) is not hidden/heads: the attention is wider than the model
+            "qwen3-ko-mini", "qwen3-ko", "Qwen3ForCausalLM", "qwen3", "qwen3-bpe", "qwen3",
+            {**_COMMON, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 128, "rms_norm_eps": 1e-6,
+             "rope_theta": 1000000.0, "max_position_embeddings": 40960, "tie_word_embeddings": True,
+             "use_sliding_window": False},
+            {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_new_tokens": 512},
+        ),
+        Family(
+            "gemma2-ko-mini", "gemma2-ko", "Gemma2ForCausalLM", "gemma2", "korean-spm-gemma", "gemma2",
+            {**_COMMON, "intermediate_size": 1024, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "head_dim": 256, "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh",
+             "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 8192,
+             "sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"],
+             "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "tie_word_embeddings": True},
+            {"do_sample": True, "temperature": 0.7, "max_new_tokens": 512},
+        ),
+        Family(
+            # Gemma 3: five local layers (sliding window, rope base 10k) to one global (full, 1M), as released
+            "gemma3-ko-mini", "gemma3-ko", "Gemma3ForCausalLM", "gemma3_text", "korean-spm-gemma", "gemma3",
+            {**_COMMON, "num_hidden_layers": 6, "intermediate_size": 1024, "num_attention_heads": 4,
+             "num_key_value_heads": 1, "head_dim": 256, "query_pre_attn_scalar": 256,
+             "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+             "sliding_window": 128, "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+             "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                 "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}},
+             "tie_word_embeddings": True},
+            {"do_sample": True, "temperature": 1.0, "top_k": 64, "top_p": 0.95, "max_new_tokens": 512},
+        ),
+        Family(
+            # EXAONE 4.0 1.2B's layout: post-norms, q/k norms, every layer full attention, tied head
+            "exaone4-mini", "exaone-4.0-1.2b", "Exaone4ForCausalLM", "exaone4", "exaone4-bpe", "exaone4",
+            {**_COMMON, "rope_theta": 1000000.0, "max_position_embeddings": 65536, "tie_word_embeddings": True,
+             "sliding_window": None, "layer_types": ["full_attention"] * 2},
+            {"do_sample": False, "max_new_tokens": 512},
+        ),
+        Family(
+            # a 30B-A3B-class mixture of experts: 8 experts, 2 per token, every layer sparse
+            "qwen3moe-ko-mini", "qwen3-30b-a3b", "Qwen3MoeForCausalLM", "qwen3_moe", "qwen3-bpe", "qwen3",
+            {**_COMMON, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64, "rms_norm_eps": 1e-6,
+             "moe_intermediate_size": 256, "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
+             "decoder_sparse_step": 1, "mlp_only_layers": [], "rope_theta": 1000000.0,
+             "max_position_embeddings": 40960, "tie_word_embeddings": False, "use_sliding_window": False},
+            {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_new_tokens": 512},
+        ),
     )
 }
 DEFAULT_MODEL = "ocelot-mini"
+#: the five seed families of shared/seed-models.md (their exact prompt formats are tested per family)
+SEED_FAMILIES = ("ocelot-mini", "synatra-mini", "komt-mini", "llama3-ko-mini", "gemma-ko-mini")
 
 
 def get_family(name: str) -> Family:
@@ -145,9 +201,9 @@ def _build(fam: Family, out: Path, trained: bool, progress) -> None:
     from .tokenizers import write_tokenizer
 
     out.mkdir(parents=True)
-    tok_info = write_tokenizer(fam.tokenizer_kind, out, chat_template=fam.chat_template)
-    cfg_cls = getattr(transformers, fam.hf_class.replace("ForCausalLM", "Config"))
-    cfg = cfg_cls(
+    tok_info = write_tokenizer(fam.tokenizer_kind, out, chat_template=templates.resolve(fam.chat_template))
+    cfg = transformers.AutoConfig.for_model(
+        fam.model_type,
         **fam.config,
         vocab_size=tok_info["vocab_size"],
         bos_token_id=tok_info["bos_token_id"],

@@ -17,15 +17,31 @@ from ...source.architectures import Architecture
 
 @dataclass
 class Imatrix:
-    """Per GGUF tensor name: sum of squared inputs (float64) and token count."""
+    """Per GGUF tensor name: sum of squared inputs (float64) and token count.
+
+    A mixture of experts' 3-D tensor (``ffn_up_exps``) has one row of sums and one count per expert
+    (the tokens routed to it), as llama-imatrix keeps them: ``sum2`` is then experts x columns and
+    ``counts`` has one entry per expert; every other tensor has one row and one count.
+    """
 
     sum2: dict[str, np.ndarray] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
     n_chunks: int = 0
 
+    def add(self, name: str, sum2: np.ndarray, count: np.ndarray) -> None:
+        """Accumulate ``sum2`` (rows x columns) and ``count`` (one per row) into tensor ``name``."""
+        if name in self.sum2:
+            self.sum2[name] += sum2
+            self.counts[name] += count
+        else:
+            self.sum2[name], self.counts[name] = sum2.copy(), count.copy()
+
     def values(self, name: str) -> np.ndarray:
-        """Mean squared activation per input column, the form llama_model_quantize takes."""
-        return (self.sum2[name] / max(self.counts[name], 1)).astype(np.float32)
+        """Mean squared activation per input column (per expert, flattened), the form llama_model_quantize
+        takes; an expert no calibration token reached gets 1 everywhere, as llama-quantize gives it."""
+        sums, counts = self.sum2[name], self.counts[name].astype(np.float64)
+        mean = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 1.0)
+        return mean.reshape(-1).astype(np.float32)
 
     def names(self) -> list[str]:
         return sorted(self.sum2)
@@ -49,12 +65,7 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
     def make_hook(name: str):
         def hook(_module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            s = (x * x).sum(dim=0).numpy()
-            if name in result.sum2:
-                result.sum2[name] += s
-            else:
-                result.sum2[name] = s
-            result.counts[name] = result.counts.get(name, 0) + x.shape[0]
+            result.add(name, (x * x).sum(dim=0).numpy()[None, :], np.array([x.shape[0]]))
 
         return hook
 
@@ -64,6 +75,8 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
             gname = arch.gguf_linear(mod_name)
             if gname:
                 hooks.append(module.register_forward_pre_hook(make_hook(gname)))
+        elif arch.experts and hasattr(module, "gate_up_proj") and (split := arch.split_layer(mod_name + ".")):
+            hooks.append(module.register_forward_pre_hook(_experts_hook(result, split[0], module)))
     if not hooks:
         raise RuntimeError(f"no linear layers of {arch.hf_class} matched the GGUF name table")
     if isinstance(model, LayerwiseModel):
@@ -84,3 +97,42 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
         for h in hooks:
             h.remove()
     return result
+
+
+def _experts_hook(result: Imatrix, layer: int, experts):
+    """The importance of a layer's experts, from what its router sends each one.
+
+    transformers' experts module gets the layer's tokens and each token's chosen experts; expert
+    ``e``'s gate and up projections see the tokens routed to it, its down projection their
+    ``act(gate) * up`` (recomputed here, in float32 as the model does), each counted per expert
+    like llama-imatrix counts a ``MUL_MAT_ID``.
+    """
+    import torch
+
+    from ...source.architectures import GGUF_LAYERS
+
+    names = {k: f"{GGUF_LAYERS}.{layer}.{k}.weight" for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")}
+
+    def hook(_module, args):
+        hidden, top_k_index = args[0].detach(), args[1]
+        n_exp = experts.gate_up_proj.shape[0]
+        width, inner = hidden.shape[-1], experts.down_proj.shape[-1]
+        s_in = np.zeros((n_exp, width))
+        s_down = np.zeros((n_exp, inner))
+        counts = np.zeros(n_exp, dtype=np.int64)
+        with torch.no_grad():
+            for e in range(n_exp):
+                rows = (top_k_index == e).any(dim=-1).nonzero().reshape(-1)
+                if not len(rows):
+                    continue
+                x = hidden[rows]
+                gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+                inner_x = experts.act_fn(gate) * up
+                s_in[e] = (x.to(torch.float64) ** 2).sum(dim=0).numpy()
+                s_down[e] = (inner_x.to(torch.float64) ** 2).sum(dim=0).numpy()
+                counts[e] = len(rows)
+        result.add(names["ffn_gate_exps"], s_in, counts)
+        result.add(names["ffn_up_exps"], s_in, counts)
+        result.add(names["ffn_down_exps"], s_down, counts)
+
+    return hook

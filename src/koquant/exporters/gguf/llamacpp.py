@@ -303,12 +303,14 @@ def _fetch_sdist(root: Path) -> None:
 
 
 def convert_hf_to_gguf(model_dir: Path, outfile: Path, outtype: str) -> str:
-    """Run the vendored converter with its own gguf-py. Returns its log."""
+    """Run the vendored converter with its own gguf-py (through :mod:`.converter_shim`). Returns its log."""
     src = llama_cpp_source()
     env = dict(os.environ)
     env.pop("NO_LOCAL_GGUF", None)
     env["PYTHONPATH"] = os.pathsep.join([str(src / "gguf-py"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
+    # the converter itself, through koquant's shim (a pre-tokenizer fallback: see converter_shim)
+    shim = Path(__file__).with_name("converter_shim.py")
+    cmd = [sys.executable, str(shim), str(src), str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not outfile.is_file():
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
@@ -434,9 +436,10 @@ def write_imatrix_gguf(path: Path, imatrix, dataset: str, chunk_size: int) -> No
     w.add_array(gguf.Keys.IMatrix.DATASETS, [dataset])
     w.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, imatrix.n_chunks)
     w.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, chunk_size)
-    for name in imatrix.names():
-        w.add_tensor(f"{name}.in_sum2", imatrix.sum2[name].astype(np.float32).reshape(1, -1))
-        w.add_tensor(f"{name}.counts", np.array([[imatrix.counts[name]]], dtype=np.float32))
+    for name in imatrix.names():  # one row (and count) per expert of a 3-D expert tensor, else one
+        sums = imatrix.sum2[name]
+        w.add_tensor(f"{name}.in_sum2", sums.astype(np.float32).reshape(len(sums), -1))
+        w.add_tensor(f"{name}.counts", np.asarray(imatrix.counts[name], dtype=np.float32).reshape(-1, 1))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -499,7 +502,8 @@ def write_llama_gguf(path: Path, *, hidden: int, ff: int, heads: int, layers: in
 
 
 def read_imatrix_gguf(path: Path) -> dict[str, tuple]:
-    """``{tensor: (in_sum2 float64 array, count)}`` from an imatrix GGUF (ours or llama-imatrix's)."""
+    """``{tensor: (in_sum2 float64 array, count)}`` from an imatrix GGUF (ours or llama-imatrix's); for an
+    expert tensor the sums of every expert, flattened, and an array of per-expert counts."""
     import numpy as np
 
     reader = gguf_reader(path)
@@ -508,7 +512,8 @@ def read_imatrix_gguf(path: Path) -> dict[str, tuple]:
         if t.name.endswith(".in_sum2"):
             sums[t.name[: -len(".in_sum2")]] = np.array(t.data, dtype=np.float64).reshape(-1)
         elif t.name.endswith(".counts"):
-            counts[t.name[: -len(".counts")]] = float(np.array(t.data).reshape(-1)[0])
+            per = np.array(t.data, dtype=np.float64).reshape(-1)
+            counts[t.name[: -len(".counts")]] = float(per[0]) if len(per) == 1 else per
     return {n: (sums[n], counts[n]) for n in sums}
 
 

@@ -117,7 +117,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
     arch = arch or architecture_for(model.config)
     layers = model.get_submodule(arch.layers)
     linears = arch.onnx.linears
-    inputs = capture_layer_inputs(model, layers[0], chunks.ids)
+    inputs = capture_layer_inputs(model, layers, chunks.ids)
     result: dict[str, Int4Weight] = {}
     for i, layer in enumerate(layers):
         mods = dict(layer.named_modules())
@@ -129,7 +129,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                 hess[stem] = hess.get(stem, 0) + 2 * (x.T @ x)
             hooks.append(mods[names[0]].register_forward_pre_hook(acc))
         try:
-            run_layer(layer, inputs)
+            run_layer(layer, i, inputs)
         finally:
             for h in hooks:
                 h.remove()
@@ -146,7 +146,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                 mods[nm].weight.data = deq[row:row + rows].to(originals[nm].dtype)
                 row += rows
         try:
-            inputs = run_layer(layer, inputs)  # the next layer sees this layer's quantized outputs
+            inputs = run_layer(layer, i, inputs)  # the next layer sees this layer's quantized outputs
         finally:
             for nm, data in originals.items():
                 mods[nm].weight.data = data

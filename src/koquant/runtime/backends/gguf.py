@@ -56,13 +56,17 @@ class GGUFBackend(Backend):
     @classmethod
     def bytes_per_token(cls, model: Path) -> int:
         from ...exporters.gguf.reader import read_gguf
-        from ...source.architectures import GGUF_EMBED, GGUF_HEAD
+        from ...source.architectures import GGUF_EMBED, GGUF_HEAD, Architecture
 
-        tensors = {t.name: t.n_bytes for t in read_gguf(model).tensors}
-        total = sum(tensors.values())
+        gguf = read_gguf(model)
+        tensors = {t.name: t.n_bytes for t in gguf.tensors}
+        arch = gguf.metadata.get("general.architecture")
+        experts, used = gguf.metadata.get(f"{arch}.expert_count"), gguf.metadata.get(f"{arch}.expert_used_count")
+        share = used / experts if experts and used else 1.0  # a mixture of experts reads only the routed experts
+        total = sum(n * share if Architecture.is_expert_weight(name) else n for name, n in tensors.items())
         if f"{GGUF_HEAD}.weight" in tensors:  # untied: the token embedding is only looked up
             total -= tensors.get(f"{GGUF_EMBED}.weight", 0)
-        return total
+        return round(total)
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, flash_attn: bool = False):

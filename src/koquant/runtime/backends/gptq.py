@@ -30,18 +30,21 @@ class GPTQBackend(HFBackend):
 
     @classmethod
     def bytes_per_token(cls, model: Path) -> int:
-        """Every stored tensor (packed weights, scales, zero points, the 16-bit rest) but an untied embedding."""
+        """Every stored tensor a token reads (packed weights, scales, zero points, the 16-bit rest; of a mixture
+        of experts only the routed share of the experts) but an untied embedding."""
         from ...source.architectures import architecture_for
         from ...source.safetensors import read_safetensors_header
 
-        arch = architecture_for(json.loads((model / "config.json").read_text(encoding="utf-8")))
+        config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+        arch = architecture_for(config)
         tensors = {}
         for p in sorted(model.glob("*.safetensors")):
             tensors.update({n: t.nbytes for n, t in read_safetensors_header(p).items()})
-        total = sum(tensors.values())
+        share = arch.routed_share(config)  # a mixture of experts reads only the routed experts
+        total = sum(n * share if arch.is_expert_weight(name) else n for name, n in tensors.items())
         if f"{arch.head}.weight" in tensors:  # untied: the token embedding is only looked up
             total -= tensors.get(f"{arch.embed}.weight", 0)
-        return total
+        return round(total)
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None):
         missing = [m for m in ("gptqmodel", "optimum") if importlib.util.find_spec(m) is None]

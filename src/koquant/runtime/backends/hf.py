@@ -134,8 +134,9 @@ _ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def checkpoint_bytes_per_token(ckpt, dtype: str | None) -> int:
-    """The source's weights as the baseline holds them (``dtype``; None: as stored)."""
+    """The source's weights one token reads, as the baseline holds them (``dtype``; None: as stored)."""
     arch = ckpt.architecture
+    share = arch.routed_share(ckpt.config)  # a mixture of experts reads only the experts a token is routed to
     total, embed = 0, 0
     for name, t in ckpt.tensors.items():
         n = t.nbytes
@@ -144,8 +145,10 @@ def checkpoint_bytes_per_token(ckpt, dtype: str | None) -> int:
             for d in t.shape:
                 elements *= d
             n = elements * _ELEMENT_BYTES[dtype]
+        if arch.is_expert_weight(name):
+            n *= share
         total += n
         if name == f"{arch.embed}.weight":
             embed = n
     tied = bool(ckpt.config.get("tie_word_embeddings")) or f"{arch.head}.weight" not in ckpt.tensors
-    return total - (0 if tied else embed)
+    return round(total - (0 if tied else embed))
