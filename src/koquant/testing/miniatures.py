@@ -44,7 +44,7 @@ class Family:
     hf_class: str
     model_type: str
     tokenizer_kind: str  # koquant.testing.tokenizers.TOKENIZER_KINDS
-    chat_template: str  # the template itself, or the name of a real one (koquant.testing.templates.resolve)
+    chat_template: str  # the template itself, or the name of a real one (koquant.testing.templates.chat_template)
     config: dict = field(default_factory=dict)
     generation: dict = field(default_factory=dict)
     # Every miniature is briefly trained on kobill, so its next-token distributions are peaked like a real
@@ -194,6 +194,11 @@ def build_miniature(name: str = DEFAULT_MODEL, *, trained: bool = True, root: Pa
     return dest
 
 
+def _template_text(value: str) -> str:
+    """A family's chat template: ``value`` itself (jinja text), or the real template of that name."""
+    return value if "{" in value else templates.chat_template(value)
+
+
 def _build(fam: Family, out: Path, trained: bool, progress) -> None:
     import torch
     import transformers
@@ -201,7 +206,7 @@ def _build(fam: Family, out: Path, trained: bool, progress) -> None:
     from .tokenizers import write_tokenizer
 
     out.mkdir(parents=True)
-    tok_info = write_tokenizer(fam.tokenizer_kind, out, chat_template=templates.resolve(fam.chat_template))
+    tok_info = write_tokenizer(fam.tokenizer_kind, out, chat_template=_template_text(fam.chat_template))
     cfg = transformers.AutoConfig.for_model(
         fam.model_type,
         **fam.config,
