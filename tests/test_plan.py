@@ -182,6 +182,8 @@ def _minimal_config(arch) -> dict:
     cfg = _llama_cfg(hidden=256, intermediate=512, layers=2)
     cfg["architectures"] = [arch.hf_classes[0]]
     cfg["model_type"] = arch.model_types[0]
+    if arch.experts:
+        cfg.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256)
     return cfg
 
 
@@ -191,7 +193,7 @@ def test_every_registered_architecture_plans(name):
     p = plan(_minimal_config(arch), ctx=(512,))
     assert p.model.arch == name
     names = set(p.export("Q4_K_M").detail.types())
-    assert "token_embd.weight" in names and "blk.1.ffn_down.weight" in names
+    assert "token_embd.weight" in names and f"blk.1.ffn_down{'_exps' if arch.experts else ''}.weight" in names
     assert ("output.weight" in names) == (not arch.gguf_drops_lm_head and not p.model.tied)
     if arch.qkv_bias:
         assert "blk.0.attn_q.bias" in names
