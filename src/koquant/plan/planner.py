@@ -42,8 +42,9 @@ ASSUMPTIONS = (
     "llama.cpp (src/llama-quant.cpp); sizes include header, tokenizer metadata and 32-byte alignment",
     "GGUF: i-quants that need an importance matrix are planned with one; others without (--imatrix changes "
     "IQ4_XS/IQ4_NL/Q4_0/Q5_0 slightly)",
-    "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx); embeddings, "
-    "lm_head and norms 16-bit; not yet calibrated against koquant's exporter",
+    "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx), each expert of a "
+    "mixture of experts quantized on its own; embeddings, lm_head, norms and the experts' router 16-bit; not yet "
+    "calibrated against koquant's exporter",
     "ONNX: onnxruntime-genai builder for CPU; int4 = MatMulNBits block 32 symmetric with fp32 scales, "
     "embedding kept float; int8 likewise with 8-bit blocks; tied embeddings stored once in fp32; not yet calibrated",
     "RAM = weights + KV cache + compute estimate (4 B x 512 x (vocab + hidden + intermediate) + 128 MiB); "
