@@ -277,7 +277,7 @@ _TURNS = {
     "qwen2.5": ("<|im_start|>system\n", "<|im_start|>user\n{}<|im_end|>\n", "<|im_start|>assistant\n"),
     "qwen3": ("<|im_start|>system\n", "<|im_start|>user\n{}<|im_end|>\n", "<|im_start|>assistant\n"),
     "gemma2": (None, "<start_of_turn>user\n{}<end_of_turn>\n", "<start_of_turn>model\n"),
-    "gemma3": (None, "<start_of_turn>user\n{}<end_of_turn>\n", "<start_of_turn>model\n"),
+    "gemma3": ("<bos><start_of_turn>user\n", "<start_of_turn>user\n{}<end_of_turn>\n", "<start_of_turn>model\n"),
     "exaone4": ("[|system|]", "[|user|]{}[|endofturn|]\n", "[|assistant|]"),
 }
 
@@ -295,10 +295,10 @@ def test_chat_template_renders_korean_in_the_sandbox(name):
     if name == "qwen2.5":  # Qwen2.5's default system turn
         assert prompt.startswith("<|im_start|>system\nYou are Qwen")
     with_system = [_SYSTEM, *_KOREAN_CHAT]
-    if system_turn is None:  # Gemma 2's template (the Gemma 3 stand-in) has no system turn
+    if system_turn is None:  # Gemma 2's template has no system turn
         with pytest.raises(TemplateError, match="System role not supported"):
             render_chat(template, with_system)
         return
-    prompt = render_chat(template, with_system)
-    assert prompt.startswith(system_turn + _SYSTEM["content"])
+    prompt = render_chat(template, with_system, bos_token="<bos>")
+    assert prompt.startswith(system_turn + _SYSTEM["content"])  # Gemma 3: folded into the first user turn
     assert prompt.endswith(user_turn.format(_KOREAN_CHAT[-1]["content"]) + generation)

@@ -18,7 +18,6 @@ TEMPLATE_FILES = {
     "qwen2.5": "Qwen-Qwen2.5-7B-Instruct.jinja",
     "qwen3": "Qwen-Qwen3-0.6B.jinja",
     "gemma2": "google-gemma-2-2b-it.jinja",
-    "gemma3": "google-gemma-2-2b-it.jinja",
 }
 
 # ocelot-10.8b (EEVE-Korean-Instruct-10.8B tokenizer). Format = EEVE-Instruct card prompt.
@@ -178,15 +177,41 @@ EXAONE4 = (
 )
 
 #: the names :func:`chat_template` knows
-TEMPLATE_NAMES = (*TEMPLATE_FILES, "exaone4")
+# Gemma 3 (the pinned sdist ships no Gemma 3 template): Gemma 2's turns, but a system message is folded
+# into the first user turn, followed by a blank line, as Gemma 3's published prompt format does.
+GEMMA3 = (
+    "{{- bos_token -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim -}}"
+    "{{- '<end_of_turn>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{- '<start_of_turn>model\n' -}}"
+    "{%- endif -%}"
+)
+
+#: templates koquant writes itself (no real one ships offline), by family name
+WRITTEN = {"exaone4": EXAONE4, "gemma3": GEMMA3}
+TEMPLATE_NAMES = (*TEMPLATE_FILES, *WRITTEN)
 
 
 def chat_template(name: str) -> str:
     """The chat template of family ``name`` (one of :data:`TEMPLATE_NAMES`), as jinja2 text."""
     from koquant.errors import KoquantError
 
-    if name == "exaone4":
-        return EXAONE4
+    if name in WRITTEN:
+        return WRITTEN[name]
     if name not in TEMPLATE_FILES:
         raise KoquantError(f"no chat template called {name!r}",
                            hint="known: " + ", ".join(TEMPLATE_NAMES))
