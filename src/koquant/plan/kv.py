@@ -71,10 +71,6 @@ RUNTIMES = {
 
 #: llama.cpp's SWA cache: padded to 256 cells, window + one micro-batch (llama-kv-cache-iswa.cpp)
 SWA_PAD = 256
-#: the sliding-window pattern the pinned llama.cpp derives per architecture (``load_swa_pattern`` in
-#: src/models/<arch>.cpp: layer i slides when i % n < n - 1); the exporter keeps the same table
-#: (exporters/gguf/exporter.py ``_LLAMA_CPP_SWA``) to refuse checkpoints whose layer_types differ
-LLAMA_CPP_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "exaone4": 4}
 
 
 def check_kv_type(kv_type: str) -> str:
@@ -114,16 +110,9 @@ def llama_cpp_sliding_layers(spec: ModelSpec) -> tuple[bool, ...] | None:
     converter writes the config's layer_types as the pattern array, which llama.cpp reads for the
     64-layer 32B only.
     """
-    n_pattern = LLAMA_CPP_SWA_PATTERN.get(spec.arch)
-    if n_pattern is None or not spec.sliding_window or not any(spec.sliding_layers):
+    if not spec.sliding_window or not any(spec.sliding_layers):
         return None
-    if spec.arch == "exaone4":
-        if spec.n_layers != 64:
-            return None
-        if spec.layer_types is not None:
-            return spec.sliding_layers
-    return tuple(i % n_pattern < n_pattern - 1 for i in range(spec.n_layers))
-
+    return spec.architecture.llama_cpp_sliding(spec.n_layers, spec.layer_types)
 
 def llama_cpp_swa_kv_bytes(spec: ModelSpec, ctx: int, kv_type: str, *, n_ubatch: int = N_UBATCH) -> int | None:
     """llama.cpp's cache with ``swa_full`` off (llama-server's and llama-cli's default): a sliding layer holds

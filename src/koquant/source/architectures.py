@@ -186,7 +186,11 @@ class Architecture:
     final logits by the config's ``final_logit_softcapping`` (``attn_softcap``: its attention scores
     by ``attn_logit_softcapping``). ``layer_types``: the config's ``layer_types`` gives each layer
     sliding-window or full attention (with its own rope base where the config has two).
-    ``experts``: a mixture of experts (``num_experts`` routed, ``num_experts_per_tok`` per token). ``notes``: what ``koquant plan``
+    ``experts``: a mixture of experts (``num_experts`` routed, ``num_experts_per_tok`` per token).
+    ``llama_cpp_swa_period``/``llama_cpp_swa_depth``: how the pinned llama.cpp picks its sliding
+    layers (``load_swa_pattern`` in src/models/<arch>.cpp): every layer ``i`` with ``i % period <
+    period - 1``, unless the GGUF carries a per-layer list, which the converter writes only where a
+    depth is given and llama.cpp reads only at that depth (see :meth:`llama_cpp_sliding`). ``notes``: what ``koquant plan``
     adds to its assumptions; ``manifest_note``: what every export's manifest records.
     ``backends``: the exporters that support it; empty for a family only ``koquant plan`` knows,
     with ``missing`` saying what it lacks.
@@ -212,6 +216,8 @@ class Architecture:
     logit_softcap: bool = False
     attn_softcap: bool = False
     layer_types: bool = False
+    llama_cpp_swa_period: int | None = None
+    llama_cpp_swa_depth: int | None = None
     experts: bool = False
     tokenizer_kind: str | None = None  # "spm"/"bpe" when the family always uses one
     notes: tuple[str, ...] = ()
@@ -292,6 +298,18 @@ class Architecture:
         for i in range(n_layers):
             shapes.update({f"{self.layer(i)}.{k}": v for k, v in per_layer.items()})
         return shapes
+
+    def llama_cpp_sliding(self, n_layers: int, layer_types: list[str] | tuple[str, ...] | None) -> tuple[bool, ...] | None:
+        """The layers the pinned llama.cpp runs with the sliding window; None where it runs no window at all."""
+        period = self.llama_cpp_swa_period
+        if not period:
+            return None
+        if self.llama_cpp_swa_depth is not None:
+            if n_layers != self.llama_cpp_swa_depth:
+                return None
+            if layer_types:  # the converter wrote them as the pattern array, which llama.cpp reads
+                return tuple(t == "sliding_attention" for t in layer_types)
+        return tuple(i % period < period - 1 for i in range(n_layers))
 
     # ------------------------------------------------------------------ experts
     def routed_share(self, config: dict) -> float:
@@ -410,7 +428,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         _llama_shaped(
             "gemma2", ("Gemma2ForCausalLM",), "gemma2", builder_model="Gemma2Model", norms=_GEMMA2_NORMS,
             tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
-            llama_cpp_window=True, logit_softcap=True, attn_softcap=True, layer_types=True,
+            llama_cpp_window=True, logit_softcap=True, attn_softcap=True, layer_types=True, llama_cpp_swa_period=2,
             notes=(
                 "Gemma 2 soft-caps attention scores and final logits, and alternates sliding-window and "
                 "full-attention layers",
@@ -425,7 +443,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             # llama.cpp's gemma3 loader takes an optional output.weight): a tied checkpoint, which stores no
             # lm_head, converts without output.weight
             tied_default=True, tokenizer_kind="spm", window_default=4096,
-            llama_cpp_window=True, layer_types=True,
+            llama_cpp_window=True, layer_types=True, llama_cpp_swa_period=6,
             notes=(
                 "Gemma 3 gives each layer sliding-window (local rope base) or full attention (global rope "
                 "base) by its layer_types",
@@ -436,6 +454,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         _llama_shaped(
             "exaone4", ("Exaone4ForCausalLM",), "exaone4", backends=("gguf", "gptq"), norms=_EXAONE4_NORMS,
             tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True, rope_freqs=True,
+            llama_cpp_swa_period=4, llama_cpp_swa_depth=64,
             unsupported={"onnx": "onnxruntime-genai 0.18.0's model builder has no EXAONE 4 model"},
             notes=(
                 "EXAONE 4 normalizes after attention and after the MLP (no pre-norms) and q/k per head; "
