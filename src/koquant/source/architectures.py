@@ -134,8 +134,10 @@ class Weight:
 
     ``shape`` is in ggml order: for a linear layer ``(in_features, out_features)``, so
     ``shape[0]`` is the row length that quantization blocks must divide.
-    ``role`` is one of ``embed``, ``lm_head``, ``linear``, ``norm``, ``bias``, ``rope_freqs``.
-    ``hf_module`` is the Hugging Face module path for linears (what GPTQ quantizes).
+    ``role`` is one of ``embed``, ``lm_head``, ``linear``, ``router`` (a mixture of experts' gate,
+    ``ffn_gate_inp``: the converter writes it F32 and llama.cpp never quantizes it), ``norm``, ``bias``,
+    ``rope_freqs``. ``hf_module`` is the Hugging Face module path for linears (what GPTQ quantizes).
+    An expert Linear is one 3-D tensor ``(in, out, n_experts)`` (``ffn_up_exps``).
     """
 
     gguf_name: str
@@ -158,6 +160,16 @@ class Weight:
     @property
     def out_features(self) -> int:
         return self.shape[1] if len(self.shape) > 1 else 1
+
+    @property
+    def n_matrices(self) -> int:
+        """How many ``in x out`` matrices it holds: the experts of a 3-D expert tensor, else 1."""
+        return self.shape[2] if len(self.shape) > 2 else 1
+
+    @property
+    def is_expert(self) -> bool:
+        """One of a mixture of experts' routed expert tensors (all experts of one projection)."""
+        return Architecture.is_expert_weight(self.gguf_name)
 
 
 @dataclass(frozen=True)
@@ -409,22 +421,26 @@ ARCHITECTURES: dict[str, Architecture] = {
         _llama_shaped(
             "gemma3", ("Gemma3ForCausalLM",), "gemma3", builder_model="Gemma3Model",
             norms=_GEMMA2_NORMS + _QK_NORMS, model_types=("gemma3_text",),
-            tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
+            # unlike Gemma and Gemma 2, the converter's Gemma3Model does not skip lm_head.weight (and
+            # llama.cpp's gemma3 loader takes an optional output.weight): a tied checkpoint, which stores no
+            # lm_head, converts without output.weight
+            tied_default=True, tokenizer_kind="spm", window_default=4096,
             llama_cpp_window=True, layer_types=True,
             notes=(
                 "Gemma 3 gives each layer sliding-window (local rope base) or full attention (global rope "
                 "base) by its layer_types",
-                "tied embeddings: the GGUF has no output.weight",
+                "tied embeddings: the GGUF has no output.weight (unless the checkpoint stores lm_head.weight)",
             ),
             manifest_note="tied embeddings: the GGUF has no output.weight; token_embd serves both",
         ),
         _llama_shaped(
             "exaone4", ("Exaone4ForCausalLM",), "exaone4", backends=("gguf", "gptq"), norms=_EXAONE4_NORMS,
-            tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True,
+            tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True, rope_freqs=True,
             unsupported={"onnx": "onnxruntime-genai 0.18.0's model builder has no EXAONE 4 model"},
             notes=(
                 "EXAONE 4 normalizes after attention and after the MLP (no pre-norms) and q/k per head; "
                 "the 32B mixes sliding-window and full-attention layers",
+                "its llama3 rope scaling makes the converter write an F32 rope_freqs tensor (conversion/exaone.py)",
             ),
         ),
         Architecture(
@@ -557,7 +573,8 @@ def weights(spec: ModelSpec) -> list[Weight]:
                     continue
                 cols, rows = getattr(dims, lin.in_dim), getattr(dims, lin.out_dim)
                 shape = (cols, rows, spec.n_experts) if lin.expert else (cols, rows)
-                out.append(Weight(f"{p}{lin.gguf}.weight", shape, "linear", i, m + lin.hf))
+                role = "router" if lin.out_dim == "experts" else "linear"
+                out.append(Weight(f"{p}{lin.gguf}.weight", shape, role, i, m + lin.hf))
                 if _has_bias(lin, arch, spec):
                     out.append(Weight(f"{p}{lin.gguf}.bias", (rows,), "bias", i))
     out.append(Weight(f"{GGUF_NORM}.weight", (h,), "norm"))
