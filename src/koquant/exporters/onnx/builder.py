@@ -106,8 +106,14 @@ def stage_input(source: Path, work: Path) -> tuple[Path, list[str]]:
 
 def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: int | None = None,
           accuracy_level: int | None = None, algo: str | None = None, log: Path | None = None) -> None:
-    """Run the builder: ``source`` (HF folder) -> ``out`` (model.onnx, genai_config.json, tokenizer files)."""
-    options = {}
+    """Run the builder: ``source`` (HF folder) -> ``out`` (model.onnx, genai_config.json, tokenizer files).
+
+    Sliding-window layers get a KV cache as long as the others' (``windowed_kv_cache=false``; a no-op for
+    models without them): with the builder's default window-sized ring, onnxruntime-genai 0.18.0 refuses
+    any ``max_length`` below the window ("KV cache capacity (59) must be at least local_window_size (128)")
+    and cannot rewind once the ring has wrapped, while the logits are the same either way.
+    """
+    options = {"windowed_kv_cache": "false"}
     if precision in ("int4", "int8"):
         if block_size is not None:
             options["block_size"] = block_size
