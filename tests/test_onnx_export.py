@@ -6,8 +6,10 @@ import json
 
 import pytest
 
+from koquant.source.architectures import architecture
 from koquant.source.checkpoint import Checkpoint, sha256_file
 from koquant.exporters.gate import thresholds_for
+from koquant.testing.miniatures import FAMILIES
 
 from .conftest import ONNX_QUANTS
 
@@ -89,12 +91,16 @@ def test_tokenizer_parity_is_recorded_truthfully(family, onnx_exports, miniature
         assert AutoTokenizer.from_pretrained(art.path / quant)(text)["input_ids"] == hf_ids
         assert next(f for f in art.files if f["quant"] == quant)["validation"]["token_ids_identical"]
     runtime = [int(t) for t in og.Tokenizer(og.Model(str(art.path / "int4"))).encode(text)]
-    assert rec["runtime_adds_bos"] is False and rec["prepend_bos"] is True
-    assert rec["runtime_ids_identical"] == ([source.bos_token_id, *runtime] == hf_ids)
-    assert rec["source_tokens"] == len(hf_ids) and rec["runtime_tokens"] == len(runtime) + 1
+    # the runtime's tokenizer adds no BOS; koquant prepends the source's where the source tokenizer adds one
+    # (not Qwen's, which has none)
+    bos = [source.bos_token_id] if source.bos_token_id is not None and hf_ids[0] == source.bos_token_id else []
+    fed = [*bos, *runtime]
+    assert rec["runtime_adds_bos"] is False and rec["prepend_bos"] is bool(bos)
+    assert rec["runtime_ids_identical"] == (fed == hf_ids)
+    assert rec["source_tokens"] == len(hf_ids) and rec["runtime_tokens"] == len(fed)
     if not rec["runtime_ids_identical"]:
         i = rec["first_difference"]["position"]
-        assert hf_ids[:i] == [source.bos_token_id, *runtime][:i] and hf_ids[i] != ([source.bos_token_id, *runtime])[i]
+        assert hf_ids[:i] == fed[:i] and hf_ids[i] != fed[i]
         assert "tokenize with the source tokenizer" in rec["route"]
         assert "does **not** reproduce the source token ids" in (art.path / "int4" / "README.md").read_text()
 
@@ -174,3 +180,37 @@ def test_int4_without_calibration_is_recorded_as_rtn(miniature, tmp_path):
                          tmp_path / "o")
     assert art.manifest["onnx"]["options"]["int4_algo"] == "rtn"
     assert "round-to-nearest" in art.files[0]["notes"][0]
+
+
+@pytest.mark.parametrize("name", [n for n, fam in FAMILIES.items()
+                                  if "onnx" not in architecture(fam.hf_class).backends])
+def test_architectures_the_builder_lacks_are_refused_before_any_work(name, tmp_path):
+    import koquant
+    from koquant.errors import RecipeError
+    from koquant.testing.miniatures import build_miniature
+
+    with pytest.raises(RecipeError, match="onnxruntime-genai 0.18.0's model builder has no") as e:
+        koquant.export(build_miniature(name, trained=False), koquant.Recipe("onnx", ONNX_QUANTS), tmp_path / "o")
+    assert "cannot be exported to onnx" in str(e.value) and "gguf" in e.value.hint
+    assert not (tmp_path / "o").exists()
+
+
+def test_builder_reads_gemma3_rope_flat_with_the_local_base():
+    from koquant.errors import RecipeError
+    from koquant.exporters.onnx.builder import builder_config
+
+    nested = {"model_type": "gemma3_text", "rope_parameters": {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}}
+    config, changes = builder_config(nested)
+    assert config["rope_parameters"] == {"rope_type": "default", "rope_theta": 1000000.0,
+                                         "rope_local_base_freq": 10000.0}
+    assert config["rope_theta"] == 1000000.0 and config["rope_local_base_freq"] == 10000.0
+    assert len(changes) == 2 and config["model_type"] == "gemma3_text"
+    assert builder_config({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) is None
+    assert builder_config({"rope_theta": 1e4}) is None
+    # the builder would scale the local layers' rope like the global ones': refused, not mis-built
+    scaled = {"rope_parameters": {**nested["rope_parameters"],
+                                  "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}}
+    with pytest.raises(RecipeError, match="sliding-window layers"):
+        builder_config(scaled)

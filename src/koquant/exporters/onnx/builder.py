@@ -4,11 +4,18 @@ The builder is a script (``python -m onnxruntime_genai.models.builder``) that pu
 on ``sys.path``; running it as a child keeps those modules, its prints and its memory out of
 koquant's process. What it supports is data here: the architectures it builds and the options
 koquant passes through.
+
+It reads the checkpoint's ``config.json`` through transformers, but expects some fields in an older
+layout than transformers 5 writes. :func:`stage_input` gives it (and only it) a folder whose
+``config.json`` is in the layout it reads, the other files linked from the staged source; the gate
+then checks the result against the source model in transformers as for every export.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +39,81 @@ def check_architecture(hf_class: str) -> None:
         )
 
 
+# transformers 5 stores per-layer-type rope parameters (Gemma 3) as {layer type: parameters}
+_LAYER_TYPES = ("full_attention", "sliding_attention")
+BUILDER_INPUT = "builder-source"  # the builder's own copy of the source folder, inside the work folder
+
+
+def builder_config(config: dict) -> tuple[dict, list[str]] | None:
+    """The ``config.json`` the builder reads in place of ``config``, with what was changed; None: ``config`` as is.
+
+    Gemma 3 in transformers 5 keeps ``rope_parameters`` per layer type, while the builder (0.18.0) reads one
+    flat ``rope_parameters`` (``rope_type``, ``rope_theta``: the full-attention layers') and the sliding
+    layers' base as ``rope_local_base_freq``. transformers turns the flat form back into its per-type form
+    when it loads the config (taking the bases from the top-level ``rope_theta``/``rope_local_base_freq``,
+    which it consumes), so the flat dict carries ``rope_local_base_freq`` as well: the builder lifts every
+    ``rope_parameters`` key onto its config. Its local rope cache reuses the full-attention scaling with the
+    local base only, so only a plain (``default``) local rope is something it can build.
+    """
+    rope = config.get("rope_parameters")
+    if not (isinstance(rope, dict) and rope and set(rope) <= set(_LAYER_TYPES)
+            and all(isinstance(v, dict) for v in rope.values())):
+        return None
+    full, local = rope.get("full_attention") or {}, rope.get("sliding_attention")
+    flat = {"rope_type": full.get("rope_type", "default"), **full}
+    changes = ["rope_parameters: the full-attention layers' entry, flat"]
+    if local is not None:
+        kinds = {k: v.get("rope_type", "default") for k, v in rope.items()}
+        extra = set(local) - {"rope_type", "rope_theta"}
+        if kinds["sliding_attention"] != "default" or extra or (kinds.get("full_attention", "default") != "default"):
+            raise RecipeError(
+                "onnxruntime-genai 0.18.0's model builder gives sliding-window layers the full-attention layers' "
+                f"rope scaling with only their own base; this model's rope differs per layer type beyond the base "
+                f"({', '.join(f'{k}: {v}' for k, v in kinds.items())})",
+                hint="export it with --fmt gguf",
+            )
+        flat["rope_local_base_freq"] = local["rope_theta"]
+        changes.append(f"rope_local_base_freq: {local['rope_theta']} (the sliding-window layers' rope base)")
+    out = {k: v for k, v in config.items() if k != "rope_parameters"}
+    out["rope_parameters"] = flat
+    if "rope_theta" in flat:
+        out["rope_theta"] = flat["rope_theta"]
+    if "rope_local_base_freq" in flat:
+        out["rope_local_base_freq"] = flat["rope_local_base_freq"]
+    return out, changes
+
+
+def stage_input(source: Path, work: Path) -> tuple[Path, list[str]]:
+    """The folder the builder reads: ``source`` itself, or (see :func:`builder_config`) a folder in ``work``
+    with the builder's ``config.json`` and every other file of ``source`` linked; with what was changed."""
+    adapted = builder_config(json.loads((source / "config.json").read_text(encoding="utf-8")))
+    if adapted is None:
+        return source, []
+    config, changes = adapted
+    dest = work / BUILDER_INPUT
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name == "config.json" or not f.is_file():
+            continue
+        try:
+            (dest / f.name).symlink_to(f.resolve())
+        except OSError:  # no symlinks here (Windows without the privilege): copy
+            shutil.copy2(f, dest / f.name)
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return dest, changes
+
+
 def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: int | None = None,
           accuracy_level: int | None = None, algo: str | None = None, log: Path | None = None) -> None:
-    """Run the builder: ``source`` (HF folder) -> ``out`` (model.onnx, genai_config.json, tokenizer files)."""
-    options = {}
+    """Run the builder: ``source`` (HF folder) -> ``out`` (model.onnx, genai_config.json, tokenizer files).
+
+    Sliding-window layers get a KV cache as long as the others' (``windowed_kv_cache=false``; a no-op for
+    models without them): with the builder's default window-sized ring, onnxruntime-genai 0.18.0 refuses
+    any ``max_length`` below the window ("KV cache capacity (59) must be at least local_window_size (128)")
+    and cannot rewind once the ring has wrapped, while the logits are the same either way.
+    """
+    options = {"windowed_kv_cache": "false"}
     if precision in ("int4", "int8"):
         if block_size is not None:
             options["block_size"] = block_size

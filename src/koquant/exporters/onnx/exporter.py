@@ -121,13 +121,14 @@ class ONNXExporter(Exporter):
         gptq = "int4" in recipe.quants and opts.int4_algo == "gptq"
         if gptq:
             _check_divisible(ckpt.config, opts.block_size)
+        source, adapted = builder.stage_input(ctx.source_dir, ctx.work)
         files = []
         with ctx.task("building with onnxruntime-genai's model builder", len(recipe.quants)) as advance:
             for quant in recipe.quants:
                 folder = ctx.out / quant
                 # int4 gptq starts from the builder's round-to-nearest graph and replaces its codes
                 algo = ("rtn" if opts.int4_algo == "gptq" else opts.int4_algo) if quant == "int4" else None
-                builder.build(ctx.source_dir, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
+                builder.build(source, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
                                  accuracy_level=opts.accuracy_level, algo=algo, log=ctx.work / f"builder-{quant}.log")
                 af = ArtifactFile(f"{quant}/{MODEL_FILE}", quant)
                 af.notes.append(_describe(quant, opts))
@@ -147,6 +148,8 @@ class ONNXExporter(Exporter):
             af.sha256 = sha256_file(folder / MODEL_FILE)
         ctx.record = {"runtime": "onnxruntime-genai", "execution_provider": "cpu", "options": asdict(opts),
                     "folders": {af.quant: str(Path(af.path).parent) + "/" for af in files}, **parity}
+        if adapted:  # what the builder was given in place of the source's config.json
+            ctx.record["builder_config"] = adapted
         return files
 
     def _gptq(self, ctx, opts: OnnxOptions) -> None:

@@ -94,6 +94,18 @@ def load_model(folder: Path, threads: int = 0):
                           hint="the export is incomplete or was built for another runtime version") from None
 
 
+def min_cache(folder: Path) -> int:
+    """The shortest KV cache (``max_length``) a generator of the export may ask for: its sliding window.
+
+    The runtime keeps a sliding-window layer's keys and values in a cache of ``max_length`` positions, up
+    to the window and its slack, and refuses one smaller than the window (``KV cache capacity (96) must be
+    at least local_window_size (128)``); 0 for a model without sliding-window layers.
+    """
+    config = json.loads((Path(folder) / "genai_config.json").read_text(encoding="utf-8"))
+    window = (config["model"]["decoder"].get("sliding_window") or {}).get("window_size") or 0
+    return max(int(window), 0)
+
+
 def _params(og, model, max_length: int):
     p = og.GeneratorParams(model)
     # greedy, nothing that reshapes the distribution (genai_config carries the card's sampling settings)
@@ -102,22 +114,26 @@ def _params(og, model, max_length: int):
     return p
 
 
-def prompt_logits(model, ids) -> np.ndarray:
-    """Next-token logits [positions, vocab] (float32) for one prompt of token ids, as the runtime computes them."""
+def prompt_logits(model, ids, cache: int = 0) -> np.ndarray:
+    """Next-token logits [positions, vocab] (float32) for one prompt of token ids, as the runtime computes them
+    (``cache``: the least KV cache to ask for, :func:`min_cache`)."""
     og = import_og()
-    g = og.Generator(model, _params(og, model, len(ids) + 1))
+    g = og.Generator(model, _params(og, model, max(len(ids) + 1, cache)))
     g.append_tokens(np.asarray(ids, dtype=np.int32))
     return np.asarray(g.get_output("logits"), dtype=np.float32)[0]
 
 
-def greedy(model, prompt, new_tokens: int) -> list[int]:
-    """Greedy continuation of ``prompt`` by the runtime's own generator (stops at EOS)."""
+def greedy(model, prompt, new_tokens: int, cache: int = 0) -> list[int]:
+    """Greedy continuation of ``prompt`` by the runtime's own generator: ``new_tokens`` tokens, or up to EOS
+    (``cache``: the least KV cache to ask for, :func:`min_cache`)."""
     og = import_og()
-    g = og.Generator(model, _params(og, model, len(prompt) + new_tokens))
+    g = og.Generator(model, _params(og, model, max(len(prompt) + new_tokens, cache)))
     g.append_tokens(np.asarray(prompt, dtype=np.int32))
-    while not g.is_done():
+    for _ in range(new_tokens):
+        if g.is_done():
+            break
         g.generate_next_token()
-    return [int(t) for t in g.get_sequence(0)[len(prompt):]]
+    return [int(t) for t in g.get_sequence(0)[len(prompt):]][:new_tokens]
 
 
 def tokenizer(model):
@@ -131,6 +147,7 @@ def gate_job(job: dict) -> dict:
     from .parity import template_parity, tokenizer_parity
 
     model = load_model(Path(job["folder"]), job["threads"])
+    cache = min_cache(Path(job["folder"]))
     out: dict = {}
     if job.get("parity"):
         p, tok = job["parity"], tokenizer(model)
@@ -141,11 +158,11 @@ def gate_job(job: dict) -> dict:
             files = []
             for k, chunk in enumerate(job["chunks"]):
                 f = Path(job["out"]) / f"onnx-logits-{k}.npy"
-                np.save(f, prompt_logits(model, chunk))
+                np.save(f, prompt_logits(model, chunk, cache))
                 files.append(str(f))
                 procs.event(done=k + 1, total=len(job["chunks"]))
             out["logits"] = files
-            out["greedy"] = greedy(model, job["prompt"], job["new_tokens"])
+            out["greedy"] = greedy(model, job["prompt"], job["new_tokens"], cache)
         except RuntimeError as e:  # onnxruntime's kernel failures
             raise ExportError(f"onnxruntime-genai cannot run the {job['quant']} export: {str(e)[:400]}",
                               hint="report this with the command line; try another --quant") from None

@@ -84,6 +84,8 @@ class OnnxBackend(Backend):
             raise LoadError(f"n_ctx={n_ctx} is longer than the export's context_length {context}",
                             hint=f"use n_ctx <= {context}")
         self.n_ctx = int(n_ctx or min(context, 4096))
+        # the runtime refuses a KV cache shorter than a sliding window: ask for at least the window
+        self._cache = max(self.n_ctx, genai.min_cache(self.folder))
         self._gen = None
         self._n = 0
         self._tokenizer = None
@@ -92,7 +94,7 @@ class OnnxBackend(Backend):
         og = self._og
         params = og.GeneratorParams(self.model)
         # only the cache size matters: koquant samples, the runtime's own search is never asked for a token
-        params.set_search_options(max_length=self.n_ctx, do_sample=False, num_beams=1)
+        params.set_search_options(max_length=self._cache, do_sample=False, num_beams=1)
         return og.Generator(self.model, params)
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
