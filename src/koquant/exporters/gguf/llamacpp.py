@@ -404,16 +404,18 @@ def gguf_reader(path: Path):
 
 
 def gguf_tensor_types(path: Path) -> dict[str, str]:
-    reader = gguf_reader(path)
-    return {t.name: t.tensor_type.name for t in reader.tensors}
+    """Tensor name -> ggml type name, from koquant's header reader (gguf-py's reader decodes every
+    metadata element, minutes for a 150k-token vocabulary; this one reads the tensor table only)."""
+    from .reader import read_gguf
+
+    return {t.name: t.type for t in read_gguf(path).tensors}
 
 
 def gguf_metadata_string(path: Path, key: str) -> str | None:
-    reader = gguf_reader(path)
-    f = reader.fields.get(key)
-    if f is None:
-        return None
-    return bytes(f.parts[f.data[0]]).decode("utf-8")
+    from .reader import read_gguf
+
+    value = read_gguf(path).metadata.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _vendored_gguf():
