@@ -263,3 +263,18 @@ def test_runtime_names_gguf_files_from_the_table_not_the_exporter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(["koquant.exporters", "koquant.exporters.gguf", "koquant.exporters.gptq",
                                       "koquant.exporters.onnx"])
+
+
+def test_lossless_top1_flips_within_the_logit_bound_are_near_ties():
+    """A flip where the source's own margin is under twice the allowed logit difference is noise, not a defect."""
+    from koquant.exporters.gate import judge, thresholds_for
+
+    bound = thresholds_for("F16").max_abs_max
+    base = {"positions": 1024, "top1": 0.998, "kl_mean": 1e-7, "kl_p99": 1e-6, "kl_max": 1e-5,
+            "max_abs_diff": bound / 2}
+    assert judge("F16", {**base, "top1_flip_margin": 1.9 * bound}, True)["passed"]
+    verdict = judge("F16", {**base, "top1_flip_margin": 2.1 * bound}, True)
+    assert not verdict["passed"] and "top-1 agreement" in verdict["failures"][0]
+    # quantized types have no logit bound: their top-1 threshold always applies
+    q = judge("Q4_K_M", {**base, "top1": 0.5, "top1_flip_margin": 0.0, "kl_mean": 0.01}, True)
+    assert not q["passed"]

@@ -105,6 +105,17 @@ def _hf_prompt(tok, conv) -> tuple[str, list[int]]:
     return text, list(ids)
 
 
+def _refuses(tok, conv) -> bool:
+    """transformers' own rendering refuses the conversation (the template raises)."""
+    import jinja2
+
+    try:
+        tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+    except jinja2.TemplateError:
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------- prompts and ids
 @pytest.mark.parametrize("conv", sorted(CONVERSATIONS))
 @pytest.mark.family_backends(MATRIX)
@@ -112,6 +123,10 @@ def test_prompt_and_ids_identical_to_transformers(family, backend, conv, session
     s = sessions(family, backend)
     tok, _ = hf_reference(family)
     messages = CONVERSATIONS[conv]
+    if _refuses(tok, messages):  # e.g. Gemma 2's own template has no system turn: refused alike
+        with pytest.raises(TemplateError):
+            s.render(messages)
+        return
     want_text, want_ids = _hf_prompt(tok, messages)
     assert s.render(messages).encode("utf-8") == want_text.encode("utf-8")
     ids = s.encode_chat(messages)
@@ -119,13 +134,16 @@ def test_prompt_and_ids_identical_to_transformers(family, backend, conv, session
     # exactly one BOS, at the start, for families whose prompt carries one
     if tok.bos_token_id is not None and tok.bos_token in want_text:
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    # the conversation's text survives: every message content is in the prompt
+    # the conversation's text survives: every message content is in the prompt (some templates trim it)
     for m in messages:
-        assert m["content"] in want_text
+        assert m["content"].strip() in want_text
 
 
-def test_same_prompt_ids_on_every_backend(family, sessions):
+def test_same_prompt_ids_on_every_backend(family, sessions, hf_reference):
+    tok, _ = hf_reference(family)
     for conv in CONVERSATIONS.values():
+        if _refuses(tok, conv):
+            continue  # a template without a system turn: the refusal is checked above
         got = {b: sessions(family, b).encode_chat(conv) for b in backends_of(family)}
         assert len({tuple(v) for v in got.values()}) == 1, got
 
@@ -183,6 +201,8 @@ def _hf_greedy(model, ids: list[int], stop: set[int], repetition_penalty: float,
 def test_greedy_32_tokens_equal_transformers_generate(family, backend, conv, sessions, hf_reference):
     s = sessions(family, backend)
     tok, model = hf_reference(family)
+    if _refuses(tok, CONVERSATIONS[conv]):
+        conv = "single"  # the family's template has no system turn (checked above): greedy on the single turn
     _, ids = _hf_prompt(tok, CONVERSATIONS[conv])
     want = _hf_greedy(model, ids, set(s.stop_ids), s.defaults.repetition_penalty, 32)
     assert want, "the reference produced nothing to compare"

@@ -83,7 +83,10 @@ def judge(quant: str, metrics: dict, token_ids_identical: bool, extra_failures: 
     failures = list(extra_failures or [])
     if not token_ids_identical:
         failures.append("token ids of the held-out text differ from the source tokenizer")
-    if metrics["top1"] < th.top1_min:
+    # For a lossless type the logits may differ by max_abs_max, so a position whose source prefers its
+    # top token by less than twice that is a near-tie either way: flips there are not a defect.
+    near_ties = th.max_abs_max is not None and metrics["top1_flip_margin"] <= 2 * th.max_abs_max
+    if metrics["top1"] < th.top1_min and not near_ties:
         failures.append(f"top-1 agreement {metrics['top1']:.4f} < {th.top1_min}")
     if metrics["kl_mean"] > th.kl_mean_max:
         failures.append(f"mean KL {metrics['kl_mean']:.3g} > {th.kl_mean_max}")

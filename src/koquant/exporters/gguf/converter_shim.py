@@ -29,8 +29,9 @@ KNOWN_SPLITS = {
     # Qwen 2 / 2.5 / 3
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
         "qwen2",
-    # GPT-2's own, written out (EXAONE 4 and others)
+    # GPT-2's own, written out (EXAONE 4 and others), as tokenizers and as llama.cpp spell it
     _GPT2_REGEX: "gpt-2",
+    _GPT2_REGEX.removesuffix(r"|\s+"): "gpt-2",
 }
 
 
