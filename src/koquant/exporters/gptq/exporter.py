@@ -250,19 +250,38 @@ def _drop_volatile(node) -> None:
             _drop_volatile(value)
 
 
+# GPTQModel's loss column for a module quantized without its Hessian: ``fallback(rtn): <mean |Q - W|>``
+_FALLBACK = re.compile(r"^fallback\((\w+)\):")
+
+
 def _quant_log(path: Path) -> dict:
-    """GPTQModel's per-module record (layer, module, loss, samples, damp) summed up; the file itself is not kept."""
+    """GPTQModel's per-module record (layer, module, loss, samples, damp) summed up; the file itself is not kept.
+
+    A module that saw under 0.5% of the calibration tokens (an expert of a mixture of experts the router
+    seldom picks) is rounded to nearest instead (GPTQModel's default fallback); its loss is another
+    measure, so ``loss_*`` cover the GPTQ modules only and ``fallback`` counts the others by strategy.
+    """
     import csv
 
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    losses = [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")]
-    damps = sorted({float(r["damp"]) for r in rows if r.get("damp") not in (None, "")})
+    losses, damps, fallback = [], set(), {}
+    for r in rows:
+        loss = (r.get("loss") or "").strip()
+        m = _FALLBACK.match(loss)
+        if m:
+            fallback[m.group(1)] = fallback.get(m.group(1), 0) + 1
+            continue
+        if loss:
+            losses.append(float(loss))
+        if r.get("damp") not in (None, ""):
+            damps.add(float(r["damp"]))
+    damps = sorted(damps)
     # GPTQModel's CPU workers append rows in completion order; fsum is exact, so the mean does not depend on it
     return {"count": len(rows), "loss_mean": math.fsum(losses) / len(losses) if losses else None,
-            "loss_max": max(losses) if losses else None, "damp_used": damps}
+            "loss_max": max(losses) if losses else None, "damp_used": damps, "fallback": fallback}
 
 
 _LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")
