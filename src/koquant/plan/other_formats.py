@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from koquant.errors import RecipeError
-from koquant.source.architectures import Weight, weights
+from koquant.source.architectures import ARCHITECTURES, Weight, weights
 from koquant.plan.exports import Export
 from koquant.plan.model_spec import ModelSpec
 from koquant.quant_recipes import gptq, onnx
@@ -99,17 +99,20 @@ def plan_gptq(
     n_tensors = 0
     notes: list[str] = []
     odd = set()
+    arch = ARCHITECTURES[spec.arch]
     for w in _hf_weights(spec):
-        if w.role == "linear":
+        found = arch.layer_linear(w.hf_module) if w.role == "linear" and w.hf_module else None
+        if w.role == "linear" and not (found and found[1].router):  # a MoE router stays 16-bit
             k, n = w.in_features, w.out_features
+            copies = w.shape[2] if len(w.shape) > 2 else 1  # experts: one GPTQ Linear each
             g = 1 if group_size == -1 else _ceil_div(k, group_size)
             if group_size != -1 and k % group_size:
                 odd.add(k)
-            parts["qweight"] += _ceil_div(k * bits, 32) * n * 4
-            parts["qzeros"] += g * _ceil_div(n * bits, 32) * 4
-            parts["scales"] += g * n * 2
-            parts["g_idx"] += k * 4
-            n_tensors += 4
+            parts["qweight"] += _ceil_div(k * bits, 32) * n * 4 * copies
+            parts["qzeros"] += g * _ceil_div(n * bits, 32) * 4 * copies
+            parts["scales"] += g * n * 2 * copies
+            parts["g_idx"] += k * 4 * copies
+            n_tensors += 4 * copies
         else:
             parts["16-bit"] += w.n_elements * sixteen_bit_bytes
             n_tensors += 1

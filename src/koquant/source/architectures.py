@@ -68,6 +68,11 @@ class Linear:
     #: the GGUF stores all experts in one 3-D tensor ``gguf`` (``ffn_up_exps``: in x out x experts)
     expert: bool = False
 
+    @property
+    def router(self) -> bool:
+        """A mixture of experts' router (one score per expert out): GPTQ keeps it in floating point."""
+        return self.out_dim == "experts"
+
     def hf_names(self, n_experts: int | None) -> list[str]:
         """Its submodule name(s) inside a decoder layer: one per expert for an expert Linear."""
         return [self.hf.format(e=e) for e in range(n_experts or 0)] if self.expert else [self.hf]

@@ -103,11 +103,19 @@ def _layout(arch: Architecture | None) -> Architecture:
 
 
 def layer_widths(config: dict, arch: Architecture | None = None) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each decoder Linear of ``arch``, from config.json."""
+    """(in_features, out_features) of each decoder Linear of ``arch`` GPTQ quantizes (a mixture of experts'
+    router stays float), from config.json."""
     dims = Dims.from_config(config)
     if dims.intermediate is None:
         dims = replace(dims, intermediate=4 * dims.hidden)
-    return _layout(arch).linear_widths(dims)
+    layout = _layout(arch)
+    return {name: w for name, w in layout.linear_widths(dims).items() if not layout.linear(name).router}
+
+
+def quantized_modules(config: dict, arch: Architecture | None = None) -> list[str]:
+    """The submodules (inside a decoder layer) GPTQ quantizes: every Linear, one per expert, but a router."""
+    n_experts = Dims.from_config(config).experts
+    return [n for lin in _layout(arch).linears if not lin.router for n in lin.hf_names(n_experts)]
 
 
 def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = None) -> None:
