@@ -217,3 +217,5 @@ def test_moe_export_stores_each_expert_and_reads_the_routed_share(gptq_exports):
     assert GPTQBackend.bytes_per_token(art.path) == round(rest + share * sum(experts.values()))
     modules = art.manifest["gptq"]["modules"]
     assert set(modules["fallback"]) <= {"rtn"}  # experts the router seldom picks: rounded to nearest
+    assert art.manifest["gptq"]["defused_experts"] == "qwen3_moe"
+    assert 'defuser.replace_fused_blocks("qwen3_moe")' in (art.path / "README.md").read_text()

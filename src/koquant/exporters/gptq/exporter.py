@@ -34,6 +34,7 @@ from ...errors import ExportError, KoquantError, RecipeError, missing_extra
 from ...quant_recipes import gptq as variants
 from ...quant_recipes.gptq import parse_quant, quant_name
 from .. import Exporter, option_names, recipe_options
+from .loading import needs_defuser
 from ..gate import compare_logits, judge
 
 GPTQMODEL_PINNED = "7.6.0"
@@ -140,7 +141,7 @@ def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = No
 
 
 class GPTQExporter(Exporter):
-    tool_packages = ("gptqmodel", "optimum")
+    tool_packages = ("gptqmodel", "optimum", "defuser")
     options = option_names(GPTQOptions)
 
     def check_recipe(self, recipe) -> None:
@@ -177,6 +178,8 @@ class GPTQExporter(Exporter):
         ctx.record = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
                     "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
                     "modules": modules}
+        if needs_defuser(ctx.ckpt.config):  # transformers loads it only with the experts as per-expert Linears
+            ctx.record["defused_experts"] = ctx.ckpt.config["model_type"]
         af = ArtifactFile(WEIGHTS, opts.quant)
         af.notes.append(f"{opts.bits}-bit GPTQ, group size {opts.group_size}, "
                         f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
@@ -218,6 +221,11 @@ class GPTQExporter(Exporter):
             "lm_head and embeddings stay in floating point", "",
             "Loads with transformers (`pip install optimum gptqmodel`), vLLM, TGI and exllama:", "",
             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        ]
+        if g.get("defused_experts"):  # transformers 5 fuses the experts, which GPTQ stores one by one
+            lines += ["import defuser  # GPTQModel's dependency: build the experts as one Linear each",
+                      f'defuser.replace_fused_blocks("{g["defused_experts"]}")']
+        lines += [
             'model = AutoModelForCausalLM.from_pretrained(".", device_map="cpu")  # or "auto" on a GPU',
             'tokenizer = AutoTokenizer.from_pretrained(".")', "```", "",
             "```sh", "koquant chat .", "vllm serve .", "```",
