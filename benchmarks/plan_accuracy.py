@@ -4,7 +4,8 @@
     python benchmarks/plan_accuracy.py --gguf DIR_OR_CONFIG FILE.gguf [FILE.gguf ...]
 
 Published numbers: llama.cpp ``tools/quantize/README.md`` (Llama-3.1-8B, llama-bench "size" =
-tensor bytes, and bits per weight) and the gguf-parser README (Mistral-7B Q5_K_M). Exits
+tensor bytes, and bits per weight), the gguf-parser README (Mistral-7B Q5_K_M) and the Hugging Face
+file listings of Qwen's and ggml-org's GGUF repositories (Qwen3-8B, Qwen3-30B-A3B, gemma-3-4b-it). Exits
 non-zero when any size is off by more than 2 % (or 64 KiB for real files).
 """
 
@@ -44,6 +45,14 @@ LLAMA31_8B = {
     "F16": (14.96, 16.0005),
 }
 MISTRAL_7B = {"Q5_K_M": 4.78}
+# Hugging Face file listings (decimal GB, 10 MB resolution) of llama-quantize's default mixes
+NEW_CLASSES_GB = {
+    ("qwen3-8b", "Q4_K_M"): 5.03,  # Qwen/Qwen3-8B-GGUF, Qwen3-8B-Q4_K_M.gguf
+    ("qwen3-8b", "Q8_0"): 8.71,  # Qwen/Qwen3-8B-GGUF, Qwen3-8B-Q8_0.gguf
+    ("qwen3-30b-a3b", "Q4_K_M"): 18.6,  # Qwen/Qwen3-30B-A3B-GGUF, Qwen3-30B-A3B-Q4_K_M.gguf
+    ("qwen3-30b-a3b", "Q8_0"): 32.5,  # Qwen/Qwen3-30B-A3B-GGUF, Qwen3-30B-A3B-Q8_0.gguf
+    ("gemma-3-4b", "Q4_K_M"): 2.49,  # ggml-org/gemma-3-4b-it-GGUF, gemma-3-4b-it-Q4_K_M.gguf
+}
 
 
 def published() -> bool:
@@ -68,6 +77,12 @@ def published() -> bool:
         err = (p.file_bytes / GiB - gib) / gib
         ok &= abs(err) <= 0.02
         print(f"{ft:8s} {gib:9.2f}G {p.file_bytes / GiB:9.3f}G {err:+8.2%}")
+    print("\nQwen 3, Qwen3-MoE, Gemma 3 (Hugging Face file listings): file size, decimal GB")
+    for (pid, ft), gb in NEW_CLASSES_GB.items():
+        p = plan_gguf(preset_spec(pid), ft)
+        err = (p.file_bytes / 1e9 - gb) / gb
+        ok &= abs(err) <= 0.02
+        print(f"{pid:14s} {ft:8s} {gb:8.2f} {p.file_bytes / 1e9:9.3f} {err:+8.2%}")
     return ok
 
 

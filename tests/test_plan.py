@@ -182,6 +182,8 @@ def _minimal_config(arch) -> dict:
     cfg = _llama_cfg(hidden=256, intermediate=512, layers=2)
     cfg["architectures"] = [arch.hf_classes[0]]
     cfg["model_type"] = arch.model_types[0]
+    if arch.experts:
+        cfg.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256)
     return cfg
 
 
@@ -191,7 +193,7 @@ def test_every_registered_architecture_plans(name):
     p = plan(_minimal_config(arch), ctx=(512,))
     assert p.model.arch == name
     names = set(p.export("Q4_K_M").detail.types())
-    assert "token_embd.weight" in names and "blk.1.ffn_down.weight" in names
+    assert "token_embd.weight" in names and f"blk.1.ffn_down{'_exps' if arch.experts else ''}.weight" in names
     assert ("output.weight" in names) == (not arch.gguf_drops_lm_head and not p.model.tied)
     if arch.qkv_bias:
         assert "blk.0.attn_q.bias" in names
@@ -844,3 +846,381 @@ def test_reader_on_truncated_real_file(tmp_path, gguf_dir):
 
 def test_all_errors_are_koquant_errors():
     assert issubclass(CheckpointError, KoquantError) and issubclass(RecipeError, KoquantError)
+
+
+# --------------------------------------------------------------------------- issue 15: Qwen 2/3, Gemma 2/3, EXAONE 4, Qwen3-MoE
+
+def _small(arch: str, **extra) -> dict:
+    """A small config of ``arch`` (its HF class and model_type), head_dim unlike hidden/heads."""
+    a = ARCHITECTURES[arch]
+    cfg = {**_llama_cfg(hidden=256, intermediate=512, layers=2, heads=4, kv=2, vocab=512),
+           "architectures": [a.hf_class], "model_type": a.model_type, "head_dim": 96, "tie_word_embeddings": a.tied_default}
+    if a.experts:
+        cfg.update(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=128)
+    return {**cfg, **extra}
+
+
+# per decoder layer, what the pinned converter writes (gguf-py constants.py MODEL_TENSORS / TENSOR_NAMES and
+# tensor_mapping.py applied to the Hugging Face names) with ggml shapes, for _small(): hidden 256, FFN 512,
+# 4 heads / 2 KV heads of 96, experts 8 x 128
+_ATTN = {"attn_q.weight": (256, 384), "attn_k.weight": (256, 192), "attn_v.weight": (256, 192),
+         "attn_output.weight": (384, 256)}
+_MLP = {"ffn_gate.weight": (256, 512), "ffn_up.weight": (256, 512), "ffn_down.weight": (512, 256)}
+_QK_NORM = {"attn_q_norm.weight": (96,), "attn_k_norm.weight": (96,)}
+_PRE = {"attn_norm.weight": (256,), "ffn_norm.weight": (256,)}
+_POST = {"post_attention_norm.weight": (256,), "post_ffw_norm.weight": (256,)}
+CONVERTER_LAYER = {
+    "qwen2": {**_PRE, **_ATTN, **_MLP, "attn_q.bias": (384,), "attn_k.bias": (192,), "attn_v.bias": (192,)},
+    "qwen3": {**_PRE, **_ATTN, **_MLP, **_QK_NORM},
+    "gemma2": {**_PRE, **_POST, **_ATTN, **_MLP},
+    "gemma3": {**_PRE, **_POST, **_ATTN, **_MLP, **_QK_NORM},
+    "exaone4": {**_POST, **_ATTN, **_MLP, **_QK_NORM},  # post-norms only
+    "qwen3_moe": {**_PRE, **_ATTN, **_QK_NORM, "ffn_gate_inp.weight": (256, 8), "ffn_gate_exps.weight": (256, 128, 8),
+                  "ffn_up_exps.weight": (256, 128, 8), "ffn_down_exps.weight": (128, 256, 8)},
+}
+# outside the layers: token_embd, output_norm, and output.weight when the head is untied
+CONVERTER_HEAD = {"qwen2": True, "qwen3": True, "gemma2": False, "gemma3": False, "exaone4": True, "qwen3_moe": True}
+
+
+@pytest.mark.parametrize("arch", sorted(CONVERTER_LAYER))
+def test_new_architectures_tensor_list(arch):
+    spec = spec_from_config(_small(arch))
+    got = {t.name: t.shape for t in plan_gguf(spec, "F16").tensors}
+    want = {"token_embd.weight": (256, 512), "output_norm.weight": (256,)}
+    if CONVERTER_HEAD[arch]:
+        want["output.weight"] = (256, 512)
+    for i in range(2):
+        want.update({f"blk.{i}.{k}": v for k, v in CONVERTER_LAYER[arch].items()})
+    assert got == want
+
+
+def _gguf_py():
+    """The vendored gguf-py of the pinned llama.cpp when it is on this machine (never downloads it)."""
+    root = os.environ.get("KOQUANT_LLAMA_CPP_SRC") or (
+        Path(os.environ.get("KOQUANT_CACHE", Path.home() / ".cache" / "koquant"))
+        / "llama-cpp-python-0.3.36" / "vendor" / "llama.cpp")
+    src = Path(root) / "gguf-py"
+    if not (src / "gguf" / "constants.py").is_file():
+        pytest.skip("the pinned llama.cpp sources are not unpacked here")
+    if str(src) not in sys.path:
+        sys.path.insert(0, str(src))
+    import gguf
+
+    return gguf
+
+
+@pytest.mark.parametrize("arch", sorted(CONVERTER_LAYER))
+def test_registry_names_are_the_converters(arch):
+    """Each Hugging Face tensor maps (gguf-py's TensorNameMap, as convert_hf_to_gguf does) to the GGUF name the
+    plan gives it; the merged expert tensors (``mlp.experts.<proj>.weight``) too."""
+    gguf = _gguf_py()
+    a = ARCHITECTURES[arch]
+    model_arch = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == a.gguf_arch)
+    tmap = gguf.get_tensor_name_map(model_arch, 2)
+    spec = spec_from_config(_small(arch))
+    for w in [w for w in weights_of(spec) if w.layer is not None]:
+        hf = w.hf_module if w.hf_module else None
+        if w.role in ("linear", "router"):
+            hf = w.hf_module.replace(".{e}", "") if w.is_expert else w.hf_module
+            suffix = ".weight"
+        elif w.role == "bias":
+            hf = w.gguf_name  # checked through its weight
+            continue
+        else:  # a norm: find its HF name in the registry
+            norm = next(n for n in a.norms if w.gguf_name == f"blk.{w.layer}.{n.gguf}.weight")
+            hf, suffix = f"{a.layer(w.layer)}.{norm.hf}", ".weight"
+        assert tmap.get_name(hf + suffix, try_suffixes=(".weight",)) == w.gguf_name, (hf, w.gguf_name)
+    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[model_arch]}
+    for w in weights_of(spec):
+        stem = w.gguf_name.rsplit(".", 1)[0]
+        assert stem.replace(f"blk.{w.layer}.", "blk.{bid}.") in allowed, w.gguf_name
+
+
+def weights_of(spec):
+    from koquant.source.architectures import weights
+
+    return weights(spec)
+
+
+def test_exaone4_llama3_rope_writes_rope_freqs():
+    rope = {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    types = plan_gguf(spec_from_config(_small("exaone4", rope_scaling=rope)), "Q4_K_M").types()
+    assert types["rope_freqs.weight"] == "F32"
+    # transformers 5 nests it under the attention type (conversion/exaone.py reads "full_attention" first)
+    nested = _small("exaone4", rope_parameters={"full_attention": {**rope, "rope_theta": 1e6},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    assert "rope_freqs.weight" in plan_gguf(spec_from_config(nested), "F16").types()
+
+
+def test_gemma3_stores_a_head_the_checkpoint_has():
+    spec = spec_from_config(_small("gemma3"))
+    assert "output.weight" not in plan_gguf(spec, "Q4_K_M").types()
+    assert plan_gguf(spec, "Q4_K_M").types()["token_embd.weight"] == "Q6_K"  # tied: quantized as the output
+    # Gemma3Model (unlike Gemma 2) does not skip lm_head.weight, and llama.cpp loads an optional output
+    assert "output.weight" in plan_gguf(spec.with_(lm_head_in_checkpoint=True), "Q4_K_M").types()
+    g2 = spec_from_config(_small("gemma2")).with_(lm_head_in_checkpoint=True)
+    assert "output.weight" not in plan_gguf(g2, "Q4_K_M").types()
+
+
+# --------------------------------------------------------------------------- mixtures of experts
+
+def test_moe_router_stays_f32_and_experts_are_3d():
+    spec = spec_from_config(_small("qwen3_moe"))
+    for ft in ("F16", "Q8_0", "Q4_K_M", "IQ2_XXS"):
+        types = plan_gguf(spec, ft).types()
+        assert types["blk.0.ffn_gate_inp.weight"] == "F32", ft  # converter F32, never quantized
+    p = plan_gguf(spec, "Q4_K_M")
+    t = {x.name: x for x in p.tensors}
+    # Q4_K rows of 256 values are 144 bytes: 128 rows x 8 experts
+    assert t["blk.1.ffn_up_exps.weight"].n_bytes == 128 * 8 * 144
+    assert t["blk.0.ffn_gate_inp.weight"].n_bytes == 256 * 8 * 4
+    # ffn_down_exps rows are the expert width (128): not a multiple of 256, so Q4_K/Q6_K fall back
+    assert t["blk.1.ffn_down_exps.weight"].type == "Q8_0" and t["blk.1.ffn_down_exps.weight"].wanted == "Q6_K"
+    assert t["blk.0.ffn_down_exps.weight"].type == "Q5_0" and t["blk.0.ffn_down_exps.weight"].wanted == "Q4_K"
+
+
+def test_moe_mix_rules_with_8_experts():
+    spec = spec_from_config(_small("qwen3_moe", head_dim=64, moe_intermediate_size=256, num_hidden_layers=8))
+    types = plan_gguf(spec, "Q4_K_M").types()
+    for i in range(8):  # llama-quant.cpp: n_expert == 8 bumps attn_v and attn_k to Q8_0, attn_output to Q5_K
+        assert types[f"blk.{i}.attn_v.weight"] == "Q8_0"
+        assert types[f"blk.{i}.attn_k.weight"] == "Q8_0"
+        assert types[f"blk.{i}.attn_output.weight"] == "Q5_K"
+        assert types[f"blk.{i}.attn_q.weight"] == "Q4_K"
+    # ffn_down_exps follows use_more_bits of its own block number
+    assert [i for i in range(8) if types[f"blk.{i}.ffn_down_exps.weight"] == "Q6_K"] == [0, 3, 6, 7]
+    iq = plan_gguf(spec, "IQ2_XXS").types()
+    assert iq["blk.3.attn_v.weight"] == "Q4_K" and iq["blk.3.attn_k.weight"] == "Q4_K"
+    assert iq["blk.3.attn_output.weight"] == "Q5_K"
+    # 128 experts: none of the == 8 rules, the >= 4 one for the very low-bit attn_v
+    big = spec_from_config(_small("qwen3_moe", head_dim=64, num_experts=128, moe_intermediate_size=256))
+    t = plan_gguf(big, "Q4_K_M").types()
+    assert t["blk.0.attn_k.weight"] == "Q4_K" and t["blk.0.attn_output.weight"] == "Q4_K"
+    assert (t["blk.0.attn_v.weight"], t["blk.1.attn_v.weight"]) == ("Q4_K", "Q6_K")  # use_more_bits(i, 2), as dense
+    assert plan_gguf(big, "IQ2_XXS").types()["blk.1.attn_v.weight"] == "Q4_K"  # gqa 2 < 4, but 128 experts
+
+
+def test_moe_total_and_active_parameters():
+    s = preset_spec("qwen3-30b-a3b")
+    assert s.n_params / 1e9 == pytest.approx(30.53, abs=0.01)  # "30.5B in total, 3.3B activated"
+    assert s.n_active_params / 1e9 == pytest.approx(3.35, abs=0.01)
+    experts = 48 * 3 * 2048 * 768
+    assert s.n_params - s.n_active_params == experts * 128 - experts * 8
+    p = plan("qwen3-30b-a3b", ctx=(4096,), gguf_types=["Q4_K_M"])
+    q4 = p.export("Q4_K_M")
+    routed = p.export("Q4_K_M").detail.routed_bytes
+    assert q4.active_bytes == q4.weight_bytes - routed + round(routed * 8 / 128) < q4.weight_bytes / 5
+    assert p.ram("Q4_K_M", 4096).weight_bytes == q4.weight_bytes  # all experts resident
+    d = p.to_dict()
+    assert d["model"]["n_active_params"] == s.n_active_params and d["model"]["n_params"] == s.n_params
+    row = next(e for e in d["exports"] if e["key"] == "gguf:Q4_K_M")
+    assert row["active_weight_bytes"] == q4.active_bytes
+    g = next(e for e in d["exports"] if e["key"] == "gptq:w4g128")
+    assert g["active_weight_bytes"] < g["weight_bytes"] / 4
+    assert any("8 of 128 experts" in a for a in d["assumptions"])
+    dense = plan("qwen3-8b", ctx=(4096,), gguf_types=["Q4_K_M"])
+    assert dense.export("Q4_K_M").active_bytes == dense.export("Q4_K_M").weight_bytes
+    assert dense.model.n_active_params == dense.model.n_params
+
+
+def test_moe_gptq_and_onnx_count_every_expert():
+    spec = spec_from_config(_small("qwen3_moe"))
+    g = plan_gptq(spec, bits=4, group_size=128)
+    per_expert = 3 * 256 * 128 // 2  # gate, up (256 -> 128) and down (128 -> 256) at 4 bits
+    attn = (256 * 384 + 2 * 256 * 192 + 384 * 256) // 2
+    assert g.parts["qweight"] == 2 * (attn + 8 * per_expert)
+    assert g.routed_bytes > 0 and any("router" in n for n in g.notes)
+    # the router stays 16-bit with embeddings, head and norms
+    norms = 2 * (2 * 256 + 2 * 96) + 256
+    assert g.parts["16-bit"] == (2 * 512 * 256 + 2 * 256 * 8 + norms) * 2
+    o = plan_onnx(spec, "int4")
+    assert o.parts["int4 weights"] == 2 * (attn + 8 * per_expert) + 512 * 256 // 2  # + lm_head
+
+
+def test_onnx_refusals_are_marked():
+    for pid in ("exaone-4.0-32b", "qwen3-30b-a3b"):
+        p = plan(pid, ctx=(2048,), gguf_types=["Q4_K_M"])
+        for e in p.exports:
+            assert e.available == (e.format != "onnx"), e.key
+            if e.format == "onnx":
+                assert any("model builder has no" in n for n in e.notes)
+    assert all(e.available for e in plan("gemma-3-4b", ctx=(2048,), gguf_types=["Q4_K_M"]).exports)
+
+
+# --------------------------------------------------------------------------- hybrid attention KV cache
+
+def test_hybrid_kv_cache_per_runtime():
+    s = preset_spec("exaone-4.0-32b")
+    assert sum(s.sliding_layers) == 48 and s.sliding_layers[:4] == (True, True, True, False)
+    row = 2 * 8 * 128 * 2  # K and V, 8 KV heads x 128, f16
+    p = plan("exaone-4.0-32b", ctx=(2048, 32768), gguf_types=["Q4_K_M"])
+    # transformers: sliding layers keep the 4096-token window, full layers the context
+    assert p.ram("source:bf16", 32768).kv_bytes == (16 * 32768 + 48 * 4096) * row
+    assert p.ram("source:bf16", 32768).kv_window == 4096 and p.ram("source:bf16", 32768).kv_sliding_layers == 48
+    assert p.ram("gptq:w4g128", 2048).kv_bytes == 64 * 2048 * row  # the window is longer than the context
+    # llama.cpp as koquant runs it (swa_full): the whole context everywhere ...
+    r = p.ram("gguf:Q4_K_M", 32768)
+    assert r.kv_bytes == 64 * 32768 * row and r.kv_window is None
+    # ... and with --swa-full off: min(ctx, window + n_ubatch) padded to 256 on sliding layers
+    assert r.kv_bytes_swa_off == (16 * 32768 + 48 * 4608) * row
+    assert p.ram("gguf:Q4_K_M", 2048).kv_bytes_swa_off == 64 * 2048 * row
+    assert any("swa_full" in a for a in p.all_assumptions())
+
+
+def test_llama_cpp_sliding_patterns():
+    from koquant.plan.kv import llama_cpp_sliding_layers
+
+    g3 = preset_spec("gemma-3-4b")
+    assert sum(g3.sliding_layers) == 29 and g3.sliding_layers[5] is False
+    assert llama_cpp_sliding_layers(g3) == g3.sliding_layers  # 5:1, as llama.cpp's gemma3 pattern
+    p = plan("gemma-3-4b", ctx=(8192,), gguf_types=["Q4_K_M"])
+    row = 2 * 4 * 256 * 2
+    assert p.ram("Q4_K_M", 8192).kv_bytes_swa_off == (5 * 8192 + 29 * 1536) * row
+    assert p.ram("source:bf16", 8192).kv_bytes == (5 * 8192 + 29 * 1024) * 4 * 256 * 2 * 2
+    # Gemma 2 without layer_types: transformers' default, sliding on even layers (llama.cpp's pattern 2)
+    g2 = spec_from_config(_small("gemma2", num_hidden_layers=4, sliding_window=128))
+    assert g2.sliding_layers == (True, False, True, False) == llama_cpp_sliding_layers(g2)
+    # Gemma 3 without layer_types: every sliding_window_pattern-th layer is full
+    g3s = spec_from_config(_small("gemma3", num_hidden_layers=6, sliding_window=128))
+    assert g3s.sliding_layers == (True,) * 5 + (False,)
+    # EXAONE 4 at another depth than 64: llama.cpp runs no window at all; transformers does
+    e = spec_from_config(_small("exaone4", num_hidden_layers=4, sliding_window=128,
+                                layer_types=["sliding_attention"] * 3 + ["full_attention"]))
+    assert sum(e.sliding_layers) == 3 and llama_cpp_sliding_layers(e) is None
+    assert plan(e, ctx=(1024,), gguf_types=["Q4_K_M"]).ram("Q4_K_M", 1024).kv_bytes_swa_off is None
+    assert spec_from_config(_small("exaone4", num_hidden_layers=4, sliding_window=128,
+                                   sliding_window_pattern="LLLG")).sliding_layers == (True, True, True, False)
+    # the 1.2B: every layer full
+    assert not any(preset_spec("exaone-4.0-1.2b").sliding_layers)
+    # Mistral: every layer windowed in transformers, none in llama.cpp
+    m = preset_spec("synatra-7b")
+    assert all(m.sliding_layers) and llama_cpp_sliding_layers(m) is None
+
+
+# --------------------------------------------------------------------------- presets of current Korean models
+
+NEW_PRESETS = {
+    # id: (arch, layers, hidden, heads, kv, head_dim, vocab, tied, billions of parameters)
+    "ax-4.0-light": ("qwen2", 28, 3584, 28, 4, 128, 102400, False, 7.26),
+    "exaone-4.0-1.2b": ("exaone4", 30, 2048, 32, 8, 64, 102400, True, 1.28),
+    "exaone-4.0-32b": ("exaone4", 64, 5120, 40, 8, 128, 102400, False, 32.00),
+    "gemma-3-4b": ("gemma3", 34, 2560, 8, 4, 256, 262208, True, 3.88),
+    "qwen3-8b": ("qwen3", 36, 4096, 32, 8, 128, 151936, False, 8.19),
+    "qwen3-30b-a3b": ("qwen3_moe", 48, 2048, 32, 4, 128, 151936, False, 30.53),
+}
+
+
+@pytest.mark.parametrize("pid", sorted(NEW_PRESETS))
+def test_new_presets(pid):
+    s = preset_spec(pid)
+    arch, layers, hidden, heads, kv, hd, vocab, tied, billions = NEW_PRESETS[pid]
+    assert (s.arch, s.n_layers, s.hidden, s.n_heads, s.n_kv_heads, s.head_dim, s.vocab, s.tied) == (
+        arch, layers, hidden, heads, kv, hd, vocab, tied)
+    assert s.n_params / 1e9 == pytest.approx(billions, abs=0.01)
+    assert pid not in SEED_IDS
+    q4 = plan(pid, ctx=(4096,), gguf_types=["Q4_K_M"]).export("Q4_K_M")
+    assert 4.5 < q4.bits_per_weight < 5.3
+
+
+def test_exaone_parameters_without_embeddings_match_the_model_cards():
+    # model cards: 1.07B (1.2B) and 30.95B (32B) parameters without embeddings
+    for pid, billions in (("exaone-4.0-1.2b", 1.07), ("exaone-4.0-32b", 30.95)):
+        s = preset_spec(pid)
+        embeddings = s.vocab * s.hidden * (1 if s.tied else 2)
+        assert (s.n_params - embeddings) / 1e9 == pytest.approx(billions, abs=0.005)
+
+
+def test_cli_lists_presets():
+    rc, out = _run_cli(["--list"])
+    assert rc == 0
+    for pid in [*PRESETS]:
+        assert pid in out
+    assert "3.35 B active" in out
+    rc, out = _run_cli(["--list", "--json"])
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert rows["qwen3-30b-a3b"]["hf_class"] == "Qwen3MoeForCausalLM" and set(NEW_PRESETS) <= set(rows)
+
+
+def test_cli_table_for_moe_and_hybrid():
+    rc, out = _run_cli(["--preset", "qwen3-30b-a3b", "--types", "Q4_K_M", "--ctx", "4096"])
+    assert rc == 0 and "3.35 B active" in out and "read" in out
+    rc, out = _run_cli(["--preset", "exaone-4.0-32b", "--types", "Q4_K_M", "--ctx", "32k"])
+    assert rc == 0 and "48 of 64 layers" in out and "swa-full off" in out
+
+
+# --------------------------------------------------------------------------- published GGUF sizes of the new classes
+
+# File sizes as the Hugging Face file listing shows them (decimal GB, rounded to 10 MB), of files made with
+# llama-quantize's default mixes:
+PUBLISHED_GGUF_GB = {
+    ("qwen3-8b", "Q4_K_M"): 5.03,  # Qwen/Qwen3-8B-GGUF, Qwen3-8B-Q4_K_M.gguf
+    ("qwen3-8b", "Q8_0"): 8.71,  # Qwen/Qwen3-8B-GGUF, Qwen3-8B-Q8_0.gguf
+    ("qwen3-30b-a3b", "Q4_K_M"): 18.6,  # Qwen/Qwen3-30B-A3B-GGUF, Qwen3-30B-A3B-Q4_K_M.gguf
+    ("qwen3-30b-a3b", "Q8_0"): 32.5,  # Qwen/Qwen3-30B-A3B-GGUF, Qwen3-30B-A3B-Q8_0.gguf
+    ("gemma-3-4b", "Q4_K_M"): 2.49,  # ggml-org/gemma-3-4b-it-GGUF, gemma-3-4b-it-Q4_K_M.gguf (text model only)
+}
+
+
+@pytest.mark.parametrize("pid,ftype", sorted(PUBLISHED_GGUF_GB))
+def test_new_classes_published_gguf_sizes(pid, ftype):
+    gb = PUBLISHED_GGUF_GB[(pid, ftype)]
+    planned = plan_gguf(preset_spec(pid), ftype).file_bytes / 1e9
+    assert abs(planned - gb) <= 0.02 * gb, (planned, gb)
+
+
+def _write_moe_f16(path: Path, cfg: dict) -> None:
+    """A random Qwen3-MoE GGUF in F16 written with the vendored gguf-py the way the converter lays it out
+    (norms and the router F32, experts as 3-D tensors)."""
+    gguf = _gguf_py()
+    from koquant.source.architectures import weights
+
+    spec = spec_from_config(cfg)
+    w = gguf.GGUFWriter(str(path), "qwen3moe")
+    w.add_block_count(spec.n_layers)
+    w.add_context_length(2048)
+    w.add_embedding_length(spec.hidden)
+    w.add_feed_forward_length(spec.intermediate)
+    w.add_head_count(spec.n_heads)
+    w.add_head_count_kv(spec.n_kv_heads)
+    w.add_key_length(spec.head_dim)
+    w.add_value_length(spec.head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_expert_count(spec.n_experts)
+    w.add_expert_used_count(spec.n_experts_used)
+    w.add_expert_feed_forward_length(spec.expert_intermediate)
+    w.add_file_type(1)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}".encode() for i in range(spec.vocab)])
+    w.add_token_types([1] * spec.vocab)
+    w.add_token_merges([])
+    rng = np.random.default_rng(0)
+    for t in weights(spec):
+        shape = t.shape[::-1]
+        data = rng.standard_normal(shape) * 0.02
+        f32 = len(shape) == 1 or t.role == "router"
+        w.add_tensor(t.gguf_name, data.astype(np.float32 if f32 else np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("n_experts,ftypes", [(8, ("Q4_K_M", "Q3_K_M", "Q2_K", "IQ3_M")), (16, ("Q4_K_M", "Q3_K_M"))])
+def test_moe_plan_matches_llama_quantize(tmp_path, n_experts, ftypes):
+    """The pinned llama-quantize on a 3-D-expert GGUF gives every tensor the type the plan names."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import ctypes
+
+    cfg = _small("qwen3_moe", head_dim=64, num_hidden_layers=8, num_experts=n_experts, moe_intermediate_size=256)
+    src = tmp_path / "moe-F16.gguf"
+    _write_moe_f16(src, cfg)
+    for ftype in ftypes:  # the 8-expert rules (attn_v/attn_k Q8_0, attn_output Q5_K, IQ3_M ffn_down) and none
+        out = tmp_path / f"moe-{ftype}.gguf"
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+        params.nthread = 1
+        assert llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params)) == 0
+        cmp = compare_gguf(cfg, out)
+        assert cmp.types_ok, (ftype, cmp.mismatches, cmp.missing, cmp.extra)
+        assert cmp.plan.tensor_bytes == read_gguf(out).tensor_data_bytes

@@ -16,6 +16,7 @@ from koquant.errors import RecipeError
 __all__ = ["configure", "main"]
 
 _EPILOG = """examples:
+  koquant plan --list
   koquant plan --preset ocelot-10.8b
   koquant plan ./my-finetune --ctx 4096 --device laptop-16gb
   koquant plan config.json --kv-type q8_0 --ram 8GB --json
@@ -36,6 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("source", nargs="?", help="model folder or config.json (or use --preset)")
     parser.add_argument("--preset", metavar="NAME", help="a built-in configuration: " + ", ".join(PRESETS))
+    parser.add_argument("--list", action="store_true", help="list the presets (architecture, parameters) and exit")
     parser.add_argument(
         "--ctx", default="2048,4096,8192", help="context lengths, comma separated (default: %(default)s)"
     )
@@ -87,11 +89,34 @@ def _gguf_types(arg: str | None, for_json: bool) -> list[str] | None:
     return [file_type(t.strip()).name for t in arg.split(",") if t.strip()]
 
 
+def _list_presets(as_json: bool) -> int:
+    """``--list``: every preset with its architecture, parameter counts and description."""
+    from koquant.plan.presets import PRESETS, preset_spec
+
+    rows = []
+    for p in PRESETS.values():
+        s = preset_spec(p.id)
+        rows.append({"id": p.id, "arch": s.arch, "hf_class": p.config["architectures"][0], "n_params": s.n_params,
+                     "n_active_params": s.n_active_params, "seed": p.seed, "description": p.description})
+    if as_json:
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    for r in rows:
+        size = f"{r['n_params'] / 1e9:.2f} B"
+        if r["n_active_params"] != r["n_params"]:
+            size += f" ({r['n_active_params'] / 1e9:.2f} B active)"
+        print(f"{r['id']:18s} {r['hf_class']:22s} {size:22s} {r['description']}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``koquant plan``; returns the exit code. Raises KoquantError on bad input."""
     from koquant.plan.planner import plan
     from koquant.plan.presets import preset_spec
 
+    if getattr(args, "list", False):
+        return _list_presets(args.json)
     if bool(args.source) == bool(args.preset):
         raise RecipeError(
             "give either a model folder / config.json or --preset NAME"

@@ -1,11 +1,12 @@
 """Which ggml type llama.cpp's quantizer gives each tensor, for each file type.
 
-This restates the rules of ``src/llama-quant.cpp`` in the pinned llama.cpp (dense models,
-one expert; Falcon- and MoE-only branches are left out) so that a plan names the same type
-per tensor that ``llama-quantize`` writes:
+This restates the rules of ``src/llama-quant.cpp`` in the pinned llama.cpp (Falcon-only and
+MXFP4_MOE branches are left out) so that a plan names the same type per tensor that
+``llama-quantize`` writes:
 
-1. Only tensors with two or more dimensions whose name ends in ``weight`` and is not a
-   ``*_norm.weight`` are quantized; the rest keep their converter type (F32).
+1. Only tensors with two or more dimensions (3-D expert tensors included) whose name ends in
+   ``weight`` and is neither a ``*_norm.weight`` nor a mixture of experts' router
+   (``ffn_gate_inp``) are quantized; the rest keep their converter type (F32).
 2. The output tensor, and the token embedding when there is no output tensor (tied
    embeddings), get Q6_K in most mixes (Q8_0 when the row length is not a multiple of the
    base type's block; Q5_K in the very low-bit i-quants).
@@ -13,7 +14,12 @@ per tensor that ``llama-quantize`` writes:
    and ``ffn_down`` of the layers ``use_more_bits`` picks (the first and last eighth and
    every third in between), IQ4_XS gives Q5_K to ``attn_v`` when 4+ heads share a KV head.
    Layers are counted in the order the quantizer walks them (sorted by block number).
-4. Finally a row length the chosen type's block does not divide falls back: Q4_K->Q5_0,
+4. Mixtures of experts: with exactly 8 experts ``attn_v`` and ``attn_k`` become Q8_0 (most mixes),
+   ``attn_output`` Q5_K in the 2- to 4-bit mixes, and IQ3_M bumps ``ffn_down`` on use_more_bits
+   layers; the very low-bit i-quants give ``attn_v`` Q4_K from 4 experts on. The ``ffn_*_exps``
+   rules take the layer from the tensor's name (its ``blk.N``), and the block must divide the
+   row (``ne[0]``) of every expert, as for a 2-D tensor.
+5. Finally a row length the chosen type's block does not divide falls back: Q4_K->Q5_0,
    Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0, IQ*->IQ4_NL, and F16 if even 32 does not divide.
 
 Whether an importance matrix is given changes a few choices (IQ4_XS/IQ4_NL ``ffn_down``,
@@ -45,6 +51,9 @@ TOKEN_EMBD, OUTPUT, ATTN_Q, ATTN_K, ATTN_V, ATTN_OUT, FFN_UP, FFN_GATE, FFN_DOWN
 
 _IQ_VERY_LOW = {"IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M"}
 _IQ_HEAD_Q5K = _IQ_VERY_LOW | {"IQ3_XXS"}
+# the mixes whose attn_output an 8-expert model gets in Q5_K
+_ATTN_OUT_Q5K_8_EXPERTS = {"Q2_K", "IQ3_XS", "IQ3_XXS", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ3_S",
+                           "IQ3_M", "IQ4_XS"}
 _FALLBACK = {
     "IQ1_S": "IQ4_NL",
     "IQ1_M": "IQ4_NL",
@@ -83,6 +92,7 @@ class MixContext:
     n_gqa: int
     is_70b: bool = False
     imatrix: bool = False
+    n_expert: int = 0  # llama.cpp's hparams.n_expert: routed experts per layer, 0 for a dense model
 
 
 def category(name: str) -> str:
@@ -105,8 +115,10 @@ def category(name: str) -> str:
 
 
 def quantizable(w: Weight) -> bool:
-    """llama.cpp's ``tensor_allows_quantization`` for the tensors our architectures have."""
-    return len(w.shape) >= 2 and w.gguf_name.endswith("weight") and "_norm.weight" not in w.gguf_name
+    """llama.cpp's ``tensor_allows_quantization`` for the tensors our architectures have (the router,
+    ``ffn_gate_inp``, is written F32 by the converter and never quantized)."""
+    return (len(w.shape) >= 2 and w.gguf_name.endswith("weight") and "_norm.weight" not in w.gguf_name
+            and "ffn_gate_inp.weight" not in w.gguf_name)
 
 
 def _use_more_bits(i: int, n: int) -> bool:
@@ -131,8 +143,8 @@ class _Counters:
 
 
 def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: bool, c: _Counters) -> str:
-    """``llama_tensor_get_type_impl`` for dense, non-Falcon models."""
-    n, gqa = ctx.n_layers, ctx.n_gqa
+    """``llama_tensor_get_type_impl`` for non-Falcon models."""
+    n, gqa, experts8 = ctx.n_layers, ctx.n_gqa, ctx.n_expert == 8
     if cat == OUTPUT or (tied and cat == TOKEN_EMBD):
         if w.shape[0] % _block(new):
             return "Q8_0"
@@ -150,14 +162,18 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
     if ft in _IQ_VERY_LOW:
         if cat == ATTN_V:
             c.take(ATTN_V)
-            if gqa >= 4:
+            if gqa >= 4 or ctx.n_expert >= 4:
                 return "Q4_K"
             return "IQ3_S" if ft in ("IQ2_S", "IQ2_M") else "Q2_K"
+        if experts8 and cat == ATTN_K:
+            return "Q4_K"
         if cat == FFN_DOWN:
             if c.take(FFN_DOWN) < n // 8:
                 return "IQ3_S" if ft in ("IQ2_S", "IQ2_M") else "Q2_K"
             return new
         if cat == ATTN_OUT:
+            if experts8:
+                return "Q5_K"
             if ft in ("IQ1_S", "IQ1_M"):
                 return "IQ2_XXS"
             if ft in ("IQ2_S", "IQ2_M"):
@@ -187,15 +203,20 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
             new = "Q5_K"
         if ctx.is_70b and new in ("Q3_K", "Q4_K"):
             new = "Q5_K"
+        if experts8:
+            new = "Q8_0"
         return new
     if cat in (ATTN_K, ATTN_Q):
+        if cat == ATTN_K and experts8:
+            return "Q8_0"
         if ft == "IQ3_XS":
             return "IQ3_XXS"
         if ft == "IQ3_XXS":
             return "IQ2_S"
         return new
     if cat == FFN_DOWN:
-        i = c.take(FFN_DOWN)
+        # a dense model's i-th ffn_down is layer i; with experts llama.cpp reads the layer from the name
+        i = _layer_of(w, c.take(FFN_DOWN), ctx)
         if ft == "Q2_K":
             return "Q3_K"
         if ft == "Q2_K_S":
@@ -204,7 +225,7 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
             return "Q4_K" if i < n // 8 else "Q3_K"
         if ft == "Q3_K_M":
             return "Q5_K" if i < n // 16 else "Q4_K"
-        if ft == "IQ3_M" and i < n // 8:
+        if ft == "IQ3_M" and (i < n // 8 or (experts8 and _use_more_bits(i, n))):
             return "Q4_K"
         if ft == "Q3_K_L":
             return "Q5_K"
@@ -220,13 +241,20 @@ def _mix_rule(ft: str, new: str, w: Weight, cat: str, ctx: MixContext, tied: boo
             return "Q4_1" if ft == "Q4_0" else "Q5_1"
         return new
     if cat == ATTN_OUT:
+        if experts8:
+            return "Q5_K" if ft in _ATTN_OUT_Q5K_8_EXPERTS else new
         return {"Q2_K": "Q3_K", "IQ3_XXS": "IQ3_S", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K", "IQ3_M": "Q4_K"}.get(ft, new)
     if cat in (FFN_GATE, FFN_UP):
-        i = c.take(cat)
+        i = _layer_of(w, c.take(cat), ctx)
         if ft == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
             return "IQ3_XXS"
         return new
     return new
+
+
+def _layer_of(w: Weight, i: int, ctx: MixContext) -> int:
+    """``layer_info``: the counter for a dense model, the tensor's own block with more than one expert."""
+    return w.layer if ctx.n_expert > 1 and w.layer is not None else i
 
 
 def _fallback(ncols: int, wanted: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from koquant.exporters.gguf.reader import GGUFTensor
 from koquant.source.architectures import Weight, weights
-from koquant.plan.exports import Export
+from koquant.plan.exports import Export, active_bytes
 from koquant.plan.gguf_mix import MixContext, choose_types
 from koquant.plan.model_spec import ModelSpec
 from koquant.quant_recipes.gguf import FILE_TYPES, file_type, tensor_bytes
@@ -53,6 +53,8 @@ class GGUFPlan:
     n_elements: int
     needs_imatrix: bool
     imatrix: bool
+    #: bytes of the routed experts' tensors (``ffn_*_exps``; 0 for a dense model)
+    routed_bytes: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -120,6 +122,14 @@ def metadata_bytes(spec: ModelSpec, ws: list[Weight]) -> int:
         "rope.dimension_count",
     ):
         kv += _kv_num(f"{a}.{key}")
+    if spec.is_moe:  # llm_kv expert_count / expert_used_count / expert_feed_forward_length
+        kv += sum(_kv_num(f"{a}.{key}") for key in ("expert_count", "expert_used_count", "expert_feed_forward_length"))
+    if spec.sliding_window and any(spec.sliding_layers):
+        kv += _kv_num(f"{a}.attention.sliding_window")
+        if spec.arch == "exaone4":  # the converter writes layer_types as a bool array
+            kv += 8 + len(f"{a}.attention.sliding_window_pattern") + 4 + 4 + 8 + spec.n_layers
+    if spec.architecture.logit_softcap:
+        kv += _kv_num(f"{a}.final_logit_softcapping") + _kv_num(f"{a}.attn_logit_softcapping")
     kv += _kv_num("general.file_type") + _kv_num("general.quantization_version")
     tok = spec.tokenizer
     kv += _kv_str("tokenizer.ggml.model", "llama" if tok.kind == "spm" else "gpt2")
@@ -146,11 +156,12 @@ def plan_gguf(spec: ModelSpec, ftype: str, *, imatrix: bool = False) -> GGUFPlan
     planned as if one is given (``needs_imatrix`` says so)."""
     ft = file_type(ftype)
     ws = gguf_tensor_weights(spec)
-    ctx = MixContext(spec.n_layers, spec.n_gqa, _is_70b(spec), imatrix)
+    n_expert = spec.n_experts if spec.is_moe else 0
+    ctx = MixContext(spec.n_layers, spec.n_gqa, _is_70b(spec), imatrix, n_expert)
     choices = choose_types(ws, ft, ctx)
     needs = any(c.needs_imatrix for c in choices)
     if needs and not imatrix:
-        ctx = MixContext(spec.n_layers, spec.n_gqa, ctx.is_70b, True)
+        ctx = MixContext(spec.n_layers, spec.n_gqa, ctx.is_70b, True, n_expert)
         choices = choose_types(ws, ft, ctx)
     tensors = tuple(
         GGUFTensorPlan(c.weight.gguf_name, c.type, c.weight.shape, tensor_bytes(c.type, c.weight.shape), c.fallback)
@@ -160,7 +171,8 @@ def plan_gguf(spec: ModelSpec, ftype: str, *, imatrix: bool = False) -> GGUFPlan
     data = sum(t.n_bytes for t in tensors)
     padded = sum(_align(t.n_bytes) for t in tensors)
     n_el = sum(w.n_elements for w in ws)
-    return GGUFPlan(ft.name, tensors, meta, data, meta + padded, n_el, needs, ctx.imatrix)
+    routed = sum(t.n_bytes for t, c in zip(tensors, choices) if c.weight.is_expert)
+    return GGUFPlan(ft.name, tensors, meta, data, meta + padded, n_el, needs, ctx.imatrix, routed)
 
 
 def gguf_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
@@ -171,7 +183,8 @@ def gguf_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export
         notes.append("needs an importance matrix (--imatrix)")
     if p.fallbacks:
         notes.append(f"{len(p.fallbacks)} tensor(s) fall back to another type (row length not a block multiple)")
-    return Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p)
+    return Export("gguf", p.ftype, "llama.cpp", p.file_bytes, p.tensor_bytes, p.bits_per_weight, tuple(notes), p,
+                  active_weight_bytes=active_bytes(p.tensor_bytes, p.routed_bytes, spec.expert_share))
 
 
 def all_file_types() -> list[str]:

@@ -47,6 +47,9 @@ _LABELS = {
     "intermediate": "FFN (intermediate) size",
     "n_heads": "attention head count",
     "vocab": "vocabulary size",
+    "n_experts": "expert count",
+    "n_experts_used": "experts-per-token count",
+    "expert_intermediate": "expert FFN size",
 }
 _MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
@@ -103,6 +106,37 @@ class ModelSpec:
         return sum(w.n_elements for w in weights(self) if w.role != "rope_freqs")
 
     @property
+    def is_moe(self) -> bool:
+        return bool(self.n_experts and self.architecture.experts)
+
+    @property
+    def expert_share(self) -> float:
+        """The share of the routed expert weights one token uses (experts per token / experts); 1 for dense."""
+        return self.n_experts_used / self.n_experts if self.is_moe else 1.0
+
+    @property
+    def n_active_params(self) -> int:
+        """Parameters one token uses: everything ``n_params`` counts, with only ``n_experts_used`` of the
+        ``n_experts`` routed experts of each layer (attention, router, norms, embedding and head in full)."""
+        total = 0
+        for w in weights(self):
+            if w.role == "rope_freqs":
+                continue
+            n = w.n_elements
+            total += n * self.n_experts_used // self.n_experts if self.is_moe and w.is_expert else n
+        return total
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer, whether the model attends over ``sliding_window`` positions there (the Hugging Face
+        model's view: ``layer_types`` where the family has them, else every layer when there is a window)."""
+        if not self.sliding_window:
+            return (False,) * self.n_layers
+        if self.layer_types is not None:
+            return tuple(t == "sliding_attention" for t in self.layer_types)
+        return (True,) * self.n_layers
+
+    @property
     def tokenizer(self) -> VocabFootprint:
         return self.vocab_footprint or estimated_footprint(self.vocab, self.architecture.tokenizer_kind)
 
@@ -110,6 +144,8 @@ class ModelSpec:
         d = asdict(self)
         d["vocab_footprint"] = self.tokenizer.to_dict()
         d["n_params"] = self.n_params
+        d["n_active_params"] = self.n_active_params
+        d["sliding_layers"] = sum(self.sliding_layers)
         return d
 
     def with_(self, **changes) -> ModelSpec:
@@ -200,6 +236,8 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
 
     _, rope = _lookup(config, "rope")
     rope = rope if isinstance(rope, dict) else {}
+    if isinstance(rope.get("full_attention"), dict):  # transformers 5: one set per attention type (Gemma 3, EXAONE 4)
+        rope = rope["full_attention"]
     rope_type = rope.get("rope_type") or rope.get("type")
     _, theta = _lookup(config, "rope_theta")
     theta = theta if theta is not None else rope.get("rope_theta")
@@ -216,6 +254,8 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
         raise CheckpointError(
             f"{where}: layer_types must list 'sliding_attention' or 'full_attention' for each of the "
             f"{vals['n_layers']} layers", hint="fix layer_types in config.json")
+    if layer_types is None and arch.layer_types and window:
+        layer_types = _default_layer_types(arch.name, vals["n_layers"], config.get("sliding_window_pattern"))
     return ModelSpec(
         name=name,
         arch=arch.name,
@@ -238,6 +278,22 @@ def spec_from_config(config: dict, *, name: str = "model", source: str = "") -> 
         layer_types=tuple(layer_types) if layer_types else None,
         **moe,
     )
+
+
+def _default_layer_types(arch: str, n_layers: int, pattern) -> list[str] | None:
+    """The ``layer_types`` transformers derives when a config has none (its Gemma2Config, Gemma3TextConfig
+    and Exaone4Config ``__post_init__``): Gemma 2 alternates sliding and full from layer 0; Gemma 3 and
+    EXAONE 4 make every ``sliding_window_pattern``-th layer full (6 and 4 by default; EXAONE 4 also
+    takes a string such as ``"LLLG"``, L for local)."""
+    if isinstance(pattern, str) and pattern and set(pattern) <= {"L", "G"}:
+        sliding = [pattern[i % len(pattern)] == "L" for i in range(n_layers)]
+    else:
+        explicit = isinstance(pattern, int) and not isinstance(pattern, bool) and arch != "gemma2"
+        p = pattern if explicit else {"gemma2": 2, "gemma3": 6, "exaone4": 4}.get(arch)
+        if not p or p < 1:
+            return None
+        sliding = [(i + 1) % p != 0 for i in range(n_layers)]
+    return ["sliding_attention" if s else "full_attention" for s in sliding]
 
 
 def load_config(path: str | os.PathLike) -> dict:

@@ -14,7 +14,8 @@ group when ``g = -1``):
 - ``g_idx``   int32 ``[K]``          -> ``4*K`` bytes
 - ``bias``    fp16  ``[N]`` only when the layer has one.
 
-The token embedding, ``lm_head`` (stored once when tied) and the norms stay 16-bit.
+The token embedding, ``lm_head`` (stored once when tied), the norms and a mixture of experts'
+router stay 16-bit; each routed expert's Linears are quantized like any other (one set per expert).
 
 ONNX (onnxruntime-genai model builder, ``-e cpu``; the precisions koquant exports, fp32, int8 and
 int4): float weights are stored in the graph's I/O type, fp32 on CPU. ``int8`` and ``int4`` replace
@@ -32,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from koquant.errors import RecipeError
-from koquant.source.architectures import ARCHITECTURES, Weight, weights
-from koquant.plan.exports import Export
+from koquant.source.architectures import Weight, weights
+from koquant.plan.exports import Export, active_bytes
 from koquant.plan.model_spec import ModelSpec
 from koquant.quant_recipes import gptq, onnx
 
@@ -53,6 +54,8 @@ class FormatPlan:
     n_elements: int
     parts: dict[str, int] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: bytes of the routed experts' weights (0 for a dense model)
+    routed_bytes: int = 0
 
     @property
     def bits_per_weight(self) -> float:
@@ -62,9 +65,10 @@ class FormatPlan:
         """What ``koquant plan --json`` adds to the row: the size by part."""
         return {"parts": dict(self.parts)}
 
-    def export(self, runtime: str) -> Export:
+    def export(self, runtime: str, share: float = 1.0) -> Export:
+        """The plan's row; ``share``: the part of the routed experts one token uses."""
         return Export(self.format, self.variant, runtime, self.file_bytes, self.weight_bytes, self.bits_per_weight,
-                      self.notes, self)
+                      self.notes, self, active_weight_bytes=active_bytes(self.weight_bytes, self.routed_bytes, share))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -97,23 +101,23 @@ def plan_gptq(
     variant = gptq.variant(bits, group_size)
     parts = {"qweight": 0, "qzeros": 0, "scales": 0, "g_idx": 0, "16-bit": 0}
     n_tensors = 0
+    routed = 0
     notes: list[str] = []
     odd = set()
-    arch = ARCHITECTURES[spec.arch]
     for w in _hf_weights(spec):
-        found = arch.layer_linear(w.hf_module) if w.role == "linear" and w.hf_module else None
-        if w.role == "linear" and not (found and found[1].router):  # a MoE router stays 16-bit
-            k, n = w.in_features, w.out_features
-            copies = w.shape[2] if len(w.shape) > 2 else 1  # experts: one GPTQ Linear each
+        if w.role == "linear":  # an expert tensor is one Linear per expert, each quantized on its own
+            k, n, m = w.in_features, w.out_features, w.n_matrices
             g = 1 if group_size == -1 else _ceil_div(k, group_size)
             if group_size != -1 and k % group_size:
                 odd.add(k)
-            parts["qweight"] += _ceil_div(k * bits, 32) * n * 4 * copies
-            parts["qzeros"] += g * _ceil_div(n * bits, 32) * 4 * copies
-            parts["scales"] += g * n * 2 * copies
-            parts["g_idx"] += k * 4 * copies
-            n_tensors += 4 * copies
-        else:
+            layer = {"qweight": _ceil_div(k * bits, 32) * n * 4, "qzeros": g * _ceil_div(n * bits, 32) * 4,
+                     "scales": g * n * 2, "g_idx": k * 4}
+            for part, nbytes in layer.items():
+                parts[part] += nbytes * m
+            if w.is_expert:
+                routed += sum(layer.values()) * m
+            n_tensors += 4 * m
+        else:  # embedding, head, norms, biases and a mixture of experts' router stay 16-bit
             parts["16-bit"] += w.n_elements * sixteen_bit_bytes
             n_tensors += 1
     if spec.tied and not spec.lm_head_in_checkpoint:
@@ -123,9 +127,12 @@ def plan_gptq(
             f"group size {group_size} does not divide in_features {sorted(odd)}: GPTQModel saves it but its "
             "Aten kernel fails at run time"
         )
+    if spec.is_moe:
+        notes.append("the router (mlp.gate) stays 16-bit, as GPTQModel's module tree leaves it (assumption)")
     parts["header"] = _safetensors_header(n_tensors)
     total = sum(parts.values())
-    return FormatPlan("gptq", variant.name, total, total - parts["header"], _n_elements(spec), parts, tuple(notes))
+    return FormatPlan("gptq", variant.name, total, total - parts["header"], _n_elements(spec), parts, tuple(notes),
+                      routed)
 
 
 def plan_onnx(
@@ -152,22 +159,26 @@ def plan_onnx(
     q = "int8" if bits == 8 else "int4"  # fp32 lists the int4 parts, at 0
     parts = {"float weights": 0, f"{q} weights": 0, f"{q} scales": 0, f"{q} zero points": 0}
 
-    def matmulnbits(k: int, n: int) -> None:
+    def matmulnbits(k: int, n: int, m: int = 1) -> int:
         blocks = _ceil_div(k, block_size)
-        parts[f"{q} weights"] += n * blocks * block_size * bits // 8
-        parts[f"{q} scales"] += n * blocks * io_bytes
-        if not symmetric:
-            parts[f"{q} zero points"] += n * _ceil_div(blocks * bits, 8)
+        layer = {f"{q} weights": n * blocks * block_size * bits // 8, f"{q} scales": n * blocks * io_bytes,
+                 f"{q} zero points": 0 if symmetric else n * _ceil_div(blocks * bits, 8)}
+        for part, nbytes in layer.items():
+            parts[part] += nbytes * m
+        return sum(layer.values()) * m
 
     ws = _hf_weights(spec)
     embed = next(w for w in ws if w.role == "embed")
+    routed = 0
     for w in ws:
         if blockwise and w.role in ("linear", "lm_head"):
-            matmulnbits(w.in_features, w.out_features)
+            nbytes = matmulnbits(w.in_features, w.out_features, w.n_matrices)
         elif blockwise and w.role == "embed" and quantize_embeddings:
-            matmulnbits(w.in_features, w.out_features)
+            nbytes = matmulnbits(w.in_features, w.out_features)
         else:
-            parts["float weights"] += w.n_elements * io_bytes
+            nbytes = w.n_elements * io_bytes
+            parts["float weights"] += nbytes
+        routed += nbytes if w.is_expert else 0
     head_stored = any(w.role == "lm_head" for w in ws)
     notes = []
     if not head_stored:  # tied: the head reuses the embedding
@@ -181,19 +192,19 @@ def plan_onnx(
     parts["graph"] = 64 * 1024 + 16 * 1024 * spec.n_layers
     total = sum(parts.values())
     weights_ram = total - parts["graph"]
-    return FormatPlan("onnx", precision, total, weights_ram, _n_elements(spec), parts, tuple(notes))
+    return FormatPlan("onnx", precision, total, weights_ram, _n_elements(spec), parts, tuple(notes), routed)
 
 
 def gptq_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
     """The plan's row for one GPTQ variant (``w4g128``; the format registry's GPTQ sizer)."""
     v = gptq.parse_quant(quant)
-    return plan_gptq(spec, v["bits"], v["group_size"]).export("transformers")
+    return plan_gptq(spec, v["bits"], v["group_size"]).export("transformers", spec.expert_share)
 
 
 def onnx_export(spec: ModelSpec, quant: str, *, imatrix: bool = False) -> Export:
     """The plan's row for one ONNX precision (the format registry's ONNX sizer); the CPU graphs koquant
     exports keep their cache in fp32."""
-    return plan_onnx(spec, quant).export("onnxruntime-genai-fp32")
+    return plan_onnx(spec, quant).export("onnxruntime-genai-fp32", spec.expert_share)
 
 
 def plan_source(spec: ModelSpec) -> FormatPlan:
@@ -203,7 +214,7 @@ def plan_source(spec: ModelSpec) -> FormatPlan:
     tensors = sum(w.n_elements for w in ws) * nbytes
     if spec.tied and spec.lm_head_in_checkpoint:
         tensors += spec.vocab * spec.hidden * nbytes
-    planned = tensors + _safetensors_header(len(ws))
+    planned = tensors + _safetensors_header(sum(w.n_matrices for w in ws))  # one tensor per expert
     notes = []
     total = planned
     if spec.checkpoint_bytes:
@@ -218,4 +229,5 @@ def plan_source(spec: ModelSpec) -> FormatPlan:
         _n_elements(spec),
         {"tensors": tensors, "header": planned - tensors},
         tuple(notes),
+        sum(w.n_elements for w in ws if w.is_expert) * nbytes,
     )

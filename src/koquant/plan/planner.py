@@ -42,13 +42,17 @@ ASSUMPTIONS = (
     "llama.cpp (src/llama-quant.cpp); sizes include header, tokenizer metadata and 32-byte alignment",
     "GGUF: i-quants that need an importance matrix are planned with one; others without (--imatrix changes "
     "IQ4_XS/IQ4_NL/Q4_0/Q5_0 slightly)",
-    "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx); embeddings, "
-    "lm_head and norms 16-bit; not yet calibrated against koquant's exporter",
+    "GPTQ: GPTQModel v1 safetensors layout (int32 qweight/qzeros, fp16 scales, int32 g_idx), each expert of a "
+    "mixture of experts quantized on its own; embeddings, lm_head, norms and the experts' router 16-bit; not yet "
+    "calibrated against koquant's exporter",
     "ONNX: onnxruntime-genai builder for CPU; int4 = MatMulNBits block 32 symmetric with fp32 scales, "
     "embedding kept float; int8 likewise with 8-bit blocks; tied embeddings stored once in fp32; not yet calibrated",
     "RAM = weights + KV cache + compute estimate (4 B x 512 x (vocab + hidden + intermediate) + 128 MiB); "
-    "llama.cpp cache type from --kv-type, no sliding window for Mistral; transformers bf16 cache with the "
-    "window; onnxruntime-genai cache in the model's I/O type over the full context",
+    "weights are all resident, every expert of a mixture of experts included; "
+    "llama.cpp cache type from --kv-type, the whole context on every layer (koquant's runtime keeps llama.cpp's "
+    "default swa_full, so sliding-window layers are not shrunk; Mistral has no window in llama.cpp at all); "
+    "transformers bf16 cache, sliding-window layers holding at most the window; onnxruntime-genai cache in the "
+    "model's I/O type over the full context",
     "devices: usable memory = RAM minus a stated reserve for the OS and other apps; --ram reserves nothing",
 )
 
@@ -65,6 +69,11 @@ class RuntimeEstimate:
     kv_window: int | None
     compute_bytes: int
     fits: tuple[DeviceFit, ...]
+    #: layers whose cache ``kv_window`` caps (0 without a window)
+    kv_sliding_layers: int = 0
+    #: llama.cpp rows of a model llama.cpp runs with sliding windows: the cache with swa_full off
+    #: (llama-server / llama-cli default), not counted in ``total_bytes``; None elsewhere
+    kv_bytes_swa_off: int | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -84,6 +93,8 @@ class RuntimeEstimate:
             "kv_bytes": self.kv_bytes,
             "kv_type": self.kv_type,
             "kv_window": self.kv_window,
+            "kv_sliding_layers": self.kv_sliding_layers,
+            "kv_bytes_swa_off": self.kv_bytes_swa_off,
             "compute_bytes": self.compute_bytes,
             "total_bytes": self.total_bytes,
             "fits": {f.device: {"fits": f.fits, "headroom_bytes": f.headroom_bytes} for f in self.fits},
@@ -117,8 +128,24 @@ class Plan:
         raise RecipeError(f"context {ctx} was not planned", hint=f"planned contexts: {', '.join(map(str, self.ctx))}")
 
     def all_assumptions(self) -> list[str]:
-        """The planner's assumptions plus the notes of this model's architecture."""
-        return list(self.assumptions) + [f"{self.model.arch}: {n}" for n in self.model.architecture.notes]
+        """The planner's assumptions, what they mean for this model (experts, sliding layers) and the notes
+        of its architecture."""
+        m = self.model
+        out = list(self.assumptions)
+        if m.is_moe:
+            out.append(
+                f"mixture of experts: {m.n_experts_used} of {m.n_experts} experts per token; file and RAM hold all "
+                f"{m.n_params / 1e9:.2f} B parameters, one token reads {m.n_active_params / 1e9:.2f} B "
+                "(active_weight_bytes: what a memory-bandwidth bound of decode speed should use)")
+        n_sliding = sum(m.sliding_layers)
+        if n_sliding:
+            out.append(
+                f"KV cache: {n_sliding} of {m.n_layers} layers attend over a {m.sliding_window}-token window; "
+                "transformers caps their cache there, llama.cpp (swa_full, as koquant runs it) and "
+                "onnxruntime-genai do not" + (
+                    "; kv_bytes_swa_off is llama.cpp's cache with --swa-full off (llama-server, llama-cli)"
+                    if kvmod.llama_cpp_sliding_layers(m) else "; llama.cpp runs this model without the window"))
+        return out + [f"{m.arch}: {n}" for n in m.architecture.notes]
 
     def to_dict(self, *, tensors: bool = False) -> dict:
         return {
@@ -184,7 +211,7 @@ def _exports(spec: ModelSpec, quants: dict[str, Sequence[str]], imatrix: bool) -
     for fmt in export_formats():
         sizer = fmt.sizer_function()
         out += [sizer(spec, q, imatrix=imatrix) for q in quants.get(fmt.name, fmt.planned)]
-    out.append(plan_source(spec).export("transformers"))
+    out.append(plan_source(spec).export("transformers", spec.expert_share))
     return out
 
 
@@ -233,7 +260,9 @@ def plan(
             kv_bytes, kv_t, window = kvmod.runtime_kv_bytes(spec, c, rt, kv_type)
             total = e.weight_bytes + kv_bytes + compute
             fits = tuple(fit(d, total) for d in devices)
-            runtime.append(RuntimeEstimate(e.key, c, e.weight_bytes, kv_bytes, kv_t, window, compute, fits))
+            swa_off = kvmod.llama_cpp_swa_kv_bytes(spec, c, kv_t) if rt.name == "llama.cpp" else None
+            runtime.append(RuntimeEstimate(e.key, c, e.weight_bytes, kv_bytes, kv_t, window, compute, fits,
+                                           sum(spec.sliding_layers) if window else 0, swa_off))
     warnings = []
     if spec.max_positions and ctxs[-1] > spec.max_positions:
         over = ", ".join(str(c) for c in ctxs if c > spec.max_positions)

@@ -36,11 +36,19 @@ def compact_bytes(n: int, signed: bool = False) -> str:
 
 def _model_line(plan: Plan) -> str:
     m = plan.model
-    window = f", sliding window {m.sliding_window}" if m.sliding_window else ""
+    n_sliding = sum(m.sliding_layers)
+    window = ""
+    if n_sliding:
+        where = "every layer" if n_sliding == m.n_layers else f"{n_sliding} of {m.n_layers} layers"
+        window = f", sliding window {m.sliding_window} on {where}"
+    params = f"{m.n_params / 1e9:.2f} B parameters"
+    if m.is_moe:
+        params += f", {m.n_active_params / 1e9:.2f} B active: {m.n_experts_used} of {m.n_experts} experts per token"
+    ffn = f"FFN {m.expert_intermediate} per expert" if m.is_moe else f"FFN {m.intermediate}"
     return (
-        f"[bold]{m.name}[/bold] ({m.arch}, {m.n_params / 1e9:.2f} B parameters): "
+        f"[bold]{m.name}[/bold] ({m.arch}, {params}): "
         f"{m.n_layers} layers, hidden {m.hidden}, "
-        f"FFN {m.intermediate}, {m.n_heads} heads / {m.n_kv_heads} KV x {m.head_dim}, vocab {m.vocab}, "
+        f"{ffn}, {m.n_heads} heads / {m.n_kv_heads} KV x {m.head_dim}, vocab {m.vocab}, "
         f"{'tied' if m.tied else 'untied'} embeddings{window}"
     )
 
@@ -84,6 +92,9 @@ def render(plan: Plan, console=None, *, show: Sequence[str] | None = None, all_d
     table.add_column("export", no_wrap=True, min_width=14)
     table.add_column("file", justify="right", no_wrap=True, min_width=6)
     table.add_column("bits/w", justify="right", no_wrap=True, min_width=5)
+    moe = plan.model.is_moe
+    if moe:  # what one token reads: the bandwidth bound of decode speed
+        table.add_column("read\n/token", justify="right", no_wrap=True, min_width=6)
     for c in plan.ctx:
         table.add_column(f"RAM\n@{c}", justify="right", no_wrap=True, min_width=6)
     if all_devices:
@@ -96,6 +107,8 @@ def render(plan: Plan, console=None, *, show: Sequence[str] | None = None, all_d
         for n in e.notes:
             notes.setdefault(n, []).append(e.key)
         row = [e.key + ("*" if e.notes else ""), compact_bytes(e.file_bytes), f"{e.bits_per_weight:.2f}"]
+        if moe:
+            row.append(compact_bytes(e.active_bytes))
         row += [compact_bytes(plan.ram(e.key, c).total_bytes) for c in plan.ctx]
         if all_devices:
             row.append(_smallest_fit(plan, e.key, top))
@@ -115,7 +128,15 @@ def render(plan: Plan, console=None, *, show: Sequence[str] | None = None, all_d
     for e in exports:
         r = plan.ram(e.key, top)
         compute = r.compute_bytes
-        line = f"{e.runtime} {r.kv_type}" + (f" window {r.kv_window}" if r.kv_window else "")
+        line = f"{e.runtime} {r.kv_type}"
+        if r.kv_window:
+            line += f" window {r.kv_window}" + (f" on {r.kv_sliding_layers} layers"
+                                                 if r.kv_sliding_layers != m.n_layers else "")
+        elif sum(m.sliding_layers):
+            line += " full context on every layer"
+        if r.kv_bytes_swa_off is not None:
+            line += (f" ({human_bytes(r.kv_bytes)} @{top}; with --swa-full off, as llama-server runs it: "
+                     f"{human_bytes(r.kv_bytes_swa_off)})")
         if line not in kv_lines:
             kv_lines.append(line)
     console.print(

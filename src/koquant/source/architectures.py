@@ -139,8 +139,10 @@ class Weight:
 
     ``shape`` is in ggml order: for a linear layer ``(in_features, out_features)``, so
     ``shape[0]`` is the row length that quantization blocks must divide.
-    ``role`` is one of ``embed``, ``lm_head``, ``linear``, ``norm``, ``bias``, ``rope_freqs``.
-    ``hf_module`` is the Hugging Face module path for linears (what GPTQ quantizes).
+    ``role`` is one of ``embed``, ``lm_head``, ``linear``, ``router`` (a mixture of experts' gate,
+    ``ffn_gate_inp``: the converter writes it F32 and llama.cpp never quantizes it), ``norm``, ``bias``,
+    ``rope_freqs``. ``hf_module`` is the Hugging Face module path for linears (what GPTQ quantizes).
+    An expert Linear is one 3-D tensor ``(in, out, n_experts)`` (``ffn_up_exps``).
     """
 
     gguf_name: str
@@ -164,6 +166,16 @@ class Weight:
     def out_features(self) -> int:
         return self.shape[1] if len(self.shape) > 1 else 1
 
+    @property
+    def n_matrices(self) -> int:
+        """How many ``in x out`` matrices it holds: the experts of a 3-D expert tensor, else 1."""
+        return self.shape[2] if len(self.shape) > 2 else 1
+
+    @property
+    def is_expert(self) -> bool:
+        """One of a mixture of experts' routed expert tensors (all experts of one projection)."""
+        return Architecture.is_expert_weight(self.gguf_name)
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -179,7 +191,11 @@ class Architecture:
     final logits by the config's ``final_logit_softcapping`` (``attn_softcap``: its attention scores
     by ``attn_logit_softcapping``). ``layer_types``: the config's ``layer_types`` gives each layer
     sliding-window or full attention (with its own rope base where the config has two).
-    ``experts``: a mixture of experts (``num_experts`` routed, ``num_experts_per_tok`` per token). ``notes``: what ``koquant plan``
+    ``experts``: a mixture of experts (``num_experts`` routed, ``num_experts_per_tok`` per token).
+    ``llama_cpp_swa_period``/``llama_cpp_swa_depth``: how the pinned llama.cpp picks its sliding
+    layers (``load_swa_pattern`` in src/models/<arch>.cpp): every layer ``i`` with ``i % period <
+    period - 1``, unless the GGUF carries a per-layer list, which the converter writes only where a
+    depth is given and llama.cpp reads only at that depth (see :meth:`llama_cpp_sliding`). ``notes``: what ``koquant plan``
     adds to its assumptions; ``manifest_note``: what every export's manifest records.
     ``backends``: the exporters that support it; empty for a family only ``koquant plan`` knows,
     with ``missing`` saying what it lacks.
@@ -205,6 +221,8 @@ class Architecture:
     logit_softcap: bool = False
     attn_softcap: bool = False
     layer_types: bool = False
+    llama_cpp_swa_period: int | None = None
+    llama_cpp_swa_depth: int | None = None
     experts: bool = False
     tokenizer_kind: str | None = None  # "spm"/"bpe" when the family always uses one
     notes: tuple[str, ...] = ()
@@ -285,6 +303,18 @@ class Architecture:
         for i in range(n_layers):
             shapes.update({f"{self.layer(i)}.{k}": v for k, v in per_layer.items()})
         return shapes
+
+    def llama_cpp_sliding(self, n_layers: int, layer_types: list[str] | tuple[str, ...] | None) -> tuple[bool, ...] | None:
+        """The layers the pinned llama.cpp runs with the sliding window; None where it runs no window at all."""
+        period = self.llama_cpp_swa_period
+        if not period:
+            return None
+        if self.llama_cpp_swa_depth is not None:
+            if n_layers != self.llama_cpp_swa_depth:
+                return None
+            if layer_types:  # the converter wrote them as the pattern array, which llama.cpp reads
+                return tuple(t == "sliding_attention" for t in layer_types)
+        return tuple(i % period < period - 1 for i in range(n_layers))
 
     # ------------------------------------------------------------------ experts
     def routed_share(self, config: dict) -> float:
@@ -403,7 +433,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         _llama_shaped(
             "gemma2", ("Gemma2ForCausalLM",), "gemma2", builder_model="Gemma2Model", norms=_GEMMA2_NORMS,
             tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
-            llama_cpp_window=True, logit_softcap=True, attn_softcap=True, layer_types=True,
+            llama_cpp_window=True, logit_softcap=True, attn_softcap=True, layer_types=True, llama_cpp_swa_period=2,
             notes=(
                 "Gemma 2 soft-caps attention scores and final logits, and alternates sliding-window and "
                 "full-attention layers",
@@ -414,22 +444,27 @@ ARCHITECTURES: dict[str, Architecture] = {
         _llama_shaped(
             "gemma3", ("Gemma3ForCausalLM",), "gemma3", builder_model="Gemma3Model",
             norms=_GEMMA2_NORMS + _QK_NORMS, model_types=("gemma3_text",),
-            tied_default=True, gguf_drops_lm_head=True, tokenizer_kind="spm", window_default=4096,
-            llama_cpp_window=True, layer_types=True,
+            # unlike Gemma and Gemma 2, the converter's Gemma3Model does not skip lm_head.weight (and
+            # llama.cpp's gemma3 loader takes an optional output.weight): a tied checkpoint, which stores no
+            # lm_head, converts without output.weight
+            tied_default=True, tokenizer_kind="spm", window_default=4096,
+            llama_cpp_window=True, layer_types=True, llama_cpp_swa_period=6,
             notes=(
                 "Gemma 3 gives each layer sliding-window (local rope base) or full attention (global rope "
                 "base) by its layer_types",
-                "tied embeddings: the GGUF has no output.weight",
+                "tied embeddings: the GGUF has no output.weight (unless the checkpoint stores lm_head.weight)",
             ),
             manifest_note="tied embeddings: the GGUF has no output.weight; token_embd serves both",
         ),
         _llama_shaped(
             "exaone4", ("Exaone4ForCausalLM",), "exaone4", backends=("gguf", "gptq"), norms=_EXAONE4_NORMS,
-            tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True,
+            tied_default=False, window_default=4096, llama_cpp_window=True, layer_types=True, rope_freqs=True,
+            llama_cpp_swa_period=4, llama_cpp_swa_depth=64,
             unsupported={"onnx": "onnxruntime-genai 0.18.0's model builder has no EXAONE 4 model"},
             notes=(
                 "EXAONE 4 normalizes after attention and after the MLP (no pre-norms) and q/k per head; "
                 "the 32B mixes sliding-window and full-attention layers",
+                "its llama3 rope scaling makes the converter write an F32 rope_freqs tensor (conversion/exaone.py)",
             ),
         ),
         Architecture(
@@ -562,7 +597,8 @@ def weights(spec: ModelSpec) -> list[Weight]:
                     continue
                 cols, rows = getattr(dims, lin.in_dim), getattr(dims, lin.out_dim)
                 shape = (cols, rows, spec.n_experts) if lin.expert else (cols, rows)
-                out.append(Weight(f"{p}{lin.gguf}.weight", shape, "linear", i, m + lin.hf))
+                role = "router" if lin.router else "linear"
+                out.append(Weight(f"{p}{lin.gguf}.weight", shape, role, i, m + lin.hf))
                 if _has_bias(lin, arch, spec):
                     out.append(Weight(f"{p}{lin.gguf}.bias", (rows,), "bias", i))
     out.append(Weight(f"{GGUF_NORM}.weight", (h,), "norm"))

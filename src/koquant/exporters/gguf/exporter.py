@@ -26,12 +26,6 @@ from ..gate import compare_logits, judge
 from . import llamacpp
 from .imatrix import compute_imatrix
 
-#: architecture -> which of n layers llama.cpp runs with the sliding window (src/models/<arch>.cpp)
-_LLAMA_CPP_SWA = {
-    "gemma2": lambda n: [i % 2 == 0 for i in range(n)],
-    "gemma3": lambda n: [i % 6 < 5 for i in range(n)],
-    "exaone4": lambda n: [i % 4 < 3 for i in range(n)] if n == 64 else [False] * n,
-}
 _BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
 
 
@@ -49,24 +43,22 @@ class GGUFExporter(Exporter):
                               hint="drop --no-imatrix / --no-calib (the built-in Korean set is used by default)")
 
     def check_source(self, ckpt) -> None:
-        """llama.cpp (pinned) does not read a layer_types list: it derives which layers use the sliding
-        window from a fixed pattern (``load_swa_pattern``): Gemma 2 alternates, Gemma 3 has five local
-        layers to one global, EXAONE 4 four to one in its 64-layer 32B only (any other depth runs full
-        attention everywhere). A checkpoint whose layer_types differ would run with the wrong masks."""
-        cfg = ckpt.config
+        """The pinned llama.cpp picks its sliding-window layers from a fixed pattern (the registry's
+        ``llama_cpp_sliding``: Gemma 2 alternates, Gemma 3 has five local layers to one global, EXAONE 4
+        reads the config's layer_types in its 64-layer 32B only and runs full attention at any other
+        depth). A checkpoint whose layer_types say otherwise would run with the wrong masks."""
+        cfg, arch = ckpt.config, ckpt.architecture
         types = cfg.get("layer_types")
-        if not ckpt.architecture.layer_types or not types or cfg.get("sliding_window") is None:
+        if not arch.layer_types or not types or cfg.get("sliding_window") is None:
             return
-        n = len(types)
-        expected = _LLAMA_CPP_SWA.get(ckpt.architecture.name, lambda n: None)(n)
-        sliding = [t == "sliding_attention" for t in types]
-        if expected is not None and sliding != expected:
+        want = tuple(t == "sliding_attention" for t in types)
+        got = arch.llama_cpp_sliding(len(types), types) or (False,) * len(types)
+        if want != got:
             raise RecipeError(
-                f"llama.cpp {llamacpp.LLAMA_CPP_PYTHON_VERSION} would run this {ckpt.architecture.hf_class} with "
-                f"the wrong attention masks: its layer_types put the sliding window on layers "
-                f"{[i for i, s in enumerate(sliding) if s]}, but llama.cpp derives them from a fixed pattern "
-                f"(layers {[i for i, s in enumerate(expected) if s]})",
-                hint="export it with --fmt gptq" + (" or onnx" if "onnx" in ckpt.architecture.backends else "")
+                f"llama.cpp {llamacpp.LLAMA_CPP_PYTHON_VERSION} would run this {arch.hf_class} with the wrong "
+                f"attention masks: its layer_types put the sliding window on layers "
+                f"{[i for i, s in enumerate(want) if s]}, llama.cpp on layers {[i for i, s in enumerate(got) if s]}",
+                hint="export it with --fmt " + " or ".join(b for b in arch.backends if b != "gguf")
                 + ", or set every layer to full_attention if that is how the model was trained")
 
     def needs_calibration(self, recipe) -> bool:
