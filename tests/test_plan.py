@@ -337,19 +337,6 @@ def test_gptq_layout_arithmetic():
             plan_gptq(spec, bits=bits, group_size=group)
 
 
-def test_gptq_layout_of_a_mixture_of_experts():
-    """One GPTQ Linear per expert (4 tensors each); the router stays 16-bit (as GPTQModel saves Qwen3-MoE)."""
-    cfg = {**_llama_cfg(hidden=256, intermediate=512, layers=1, heads=4, kv=4, vocab=1000),
-           "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "head_dim": 64,
-           "moe_intermediate_size": 128, "num_experts": 8, "num_experts_per_tok": 2}
-    p = plan_gptq(spec_from_config(cfg), bits=4, group_size=128)
-    linears = [(256, 256)] * 4 + [(256, 128)] * 16 + [(128, 256)] * 8  # q,k,v,o; 8 x gate, up; 8 x down
-    assert p.parts["qweight"] == sum(k * n // 2 for k, n in linears)
-    assert p.parts["g_idx"] == sum(k * 4 for k, _ in linears)
-    # embedding + lm_head + 2 norms + q/k norms + the router (256 x 8) stay 16-bit
-    assert p.parts["16-bit"] == (2 * 1000 * 256 + 3 * 256 + 2 * 64 + 8 * 256) * 2
-
-
 def test_onnx_layout_arithmetic():
     spec = spec_from_config(_llama_cfg(hidden=256, intermediate=512, layers=1, heads=4, kv=4, vocab=1000, max_pos=128))
     int4 = plan_onnx(spec, "int4")
