@@ -119,14 +119,13 @@ def test_manifest_and_card_record_the_calibration(gptq_exports):
     assert "library_name: transformers" in card and "- gptq" in card and GPTQ_QUANT in card
 
 
-def test_koquant_load_runs_the_export_with_the_source_prompt(gptq_exports, miniature):
+def test_koquant_load_runs_the_export_with_the_source_prompt(family, gptq_exports, miniature):
     """koquant.load on a GPTQ artifact: transformers + GPTQModel kernels, the source's exact prompt ids."""
     import numpy as np
     from transformers import AutoTokenizer
 
     import koquant
 
-    family = "synatra-mini"
     art = gptq_exports(family)
     tok = AutoTokenizer.from_pretrained(miniature(family))
     messages = [{"role": "user", "content": "대한민국 헌법 제1조는 무엇인가요?"}]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BACKENDS", "GGUF_LAYERS", "GGUF_EMBED", "GGUF_NORM", "GGUF_HEAD", "GGUF_ROPE_FREQS",
     "Linear", "Norm", "Dims", "OnnxNames", "Architecture", "Weight", "ARCHITECTURES",
-    "MULTIMODAL", "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights",
+    "MULTIMODAL", "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights", "n_experts",
 ]
 
 #: the exporters an entry can name in ``backends``
@@ -92,6 +92,12 @@ class Norm:
     width: str = "hidden"
 
 
+def n_experts(config: dict) -> int | None:
+    """A mixture of experts' routed experts per layer from ``config.json``: ``num_experts`` as published,
+    ``num_local_experts`` as transformers 5 saves it (Qwen3-MoE's config maps one to the other)."""
+    return config.get("num_experts") or config.get("num_local_experts")
+
+
 @dataclass(frozen=True)
 class Dims:
     """The widths a decoder layer's Linears map between. ``intermediate`` None: not known."""
@@ -111,7 +117,7 @@ class Dims:
         head_dim = config.get("head_dim") or hidden // heads
         kv = config.get("num_key_value_heads") or heads
         return cls(hidden, config.get("intermediate_size"), heads * head_dim, kv * head_dim, head_dim,
-                   config.get("moe_intermediate_size"), config.get("num_experts"))
+                   config.get("moe_intermediate_size"), n_experts(config))
 
 
 @dataclass(frozen=True)
@@ -321,7 +327,7 @@ class Architecture:
         """The share of a mixture of experts' expert weights one token reads (experts per token / experts); 1 else."""
         if not self.experts:
             return 1.0
-        return config["num_experts_per_tok"] / config["num_experts"]
+        return config["num_experts_per_tok"] / n_experts(config)
 
     @staticmethod
     def is_expert_weight(name: str) -> bool:
