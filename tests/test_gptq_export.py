@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from koquant.exporters.gptq.exporter import quantized_modules
-from koquant.source.architectures import architecture_for
+from koquant.source.architectures import architecture_for, n_experts
 from koquant.source.checkpoint import Checkpoint, sha256_file
 from koquant.source.safetensors import read_safetensors_header
 from koquant.exporters.gate import thresholds_for
@@ -209,10 +209,10 @@ def test_moe_export_stores_each_expert_and_reads_the_routed_share(gptq_exports):
     config = json.loads((art.path / "config.json").read_text())
     header = read_safetensors_header(art.path / "model.safetensors")
     experts = {n: t.nbytes for n, t in header.items() if ".mlp.experts." in n}
-    assert len(experts) == config["num_hidden_layers"] * config["num_experts"] * 3 * 4  # gate/up/down x 4 tensors
+    assert len(experts) == config["num_hidden_layers"] * n_experts(config) * 3 * 4  # gate/up/down x 4 tensors
     assert all(n.rsplit(".", 1)[1] in ("qweight", "qzeros", "scales", "g_idx") for n in experts)
     rest = sum(t.nbytes for n, t in header.items() if n not in experts) - header["model.embed_tokens.weight"].nbytes
-    share = config["num_experts_per_tok"] / config["num_experts"]
+    share = config["num_experts_per_tok"] / n_experts(config)
     assert GPTQBackend.bytes_per_token(art.path) == round(rest + share * sum(experts.values()))
     modules = art.manifest["gptq"]["modules"]
     assert set(modules["fallback"]) <= {"rtn"}  # experts the router seldom picks: rounded to nearest
