@@ -1,4 +1,4 @@
-"""GPTQ export of every seed family: GPTQ v1 layout, loaded back by transformers, gated against the source."""
+"""GPTQ export of every family GPTQ supports: GPTQ v1 layout, loaded back by transformers, gated against the source."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from koquant.exporters.gptq.exporter import quantized_modules
+from koquant.source.architectures import architecture_for, n_experts
 from koquant.source.checkpoint import Checkpoint, sha256_file
 from koquant.source.safetensors import read_safetensors_header
 from koquant.exporters.gate import thresholds_for
@@ -47,8 +49,14 @@ def test_checkpoint_is_gptq_v1_layout(family, gptq_exports):
     header = read_safetensors_header(art.path / "model.safetensors")
     n_layers = config["num_hidden_layers"]
     hidden = config["hidden_size"]
+    arch = architecture_for(config)
+    modules = quantized_modules(config, arch)  # every decoder Linear (one per expert) but a router
     for i in range(n_layers):
-        for proj in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"):
+        for lin in arch.linears:
+            if lin.router:  # a mixture of experts' router stays float
+                assert f"model.layers.{i}.{lin.hf}.weight" in header
+                assert f"model.layers.{i}.{lin.hf}.qweight" not in header
+        for proj in modules:
             stem = f"model.layers.{i}.{proj}"
             qweight, qzeros = header[f"{stem}.qweight"], header[f"{stem}.qzeros"]
             scales, g_idx = header[f"{stem}.scales"], header[f"{stem}.g_idx"]
@@ -61,7 +69,8 @@ def test_checkpoint_is_gptq_v1_layout(family, gptq_exports):
     assert header["model.embed_tokens.weight"].shape[1] == hidden  # embeddings and norms stay float
     manifest = art.manifest
     assert manifest["gptq"]["checkpoint_format"] == "gptq" and manifest["gptq"]["bits"] == 4
-    assert manifest["gptq"]["modules"]["count"] == 7 * n_layers
+    assert manifest["gptq"]["modules"]["count"] == len(modules) * n_layers
+    assert "lm_head.qweight" not in header, "GPTQ keeps the head in floating point"
 
 
 def test_v1_zero_points_are_stored_minus_one(gptq_exports):
@@ -110,14 +119,13 @@ def test_manifest_and_card_record_the_calibration(gptq_exports):
     assert "library_name: transformers" in card and "- gptq" in card and GPTQ_QUANT in card
 
 
-def test_koquant_load_runs_the_export_with_the_source_prompt(gptq_exports, miniature):
+def test_koquant_load_runs_the_export_with_the_source_prompt(family, gptq_exports, miniature):
     """koquant.load on a GPTQ artifact: transformers + GPTQModel kernels, the source's exact prompt ids."""
     import numpy as np
     from transformers import AutoTokenizer
 
     import koquant
 
-    family = "synatra-mini"
     art = gptq_exports(family)
     tok = AutoTokenizer.from_pretrained(miniature(family))
     messages = [{"role": "user", "content": "대한민국 헌법 제1조는 무엇인가요?"}]
@@ -167,3 +175,46 @@ def test_calibration_is_the_one_other_formats_use(gptq_exports, gguf_exports):
     gguf = gguf_exports("komt-mini").manifest["calibration"]
     assert gptq["name"] == gguf["name"] == "kobill"
     assert gptq["sha256"] == gguf["sha256"]
+
+
+def test_defused_experts_are_scoped_to_the_load():
+    """Defuser's swap of Qwen3-MoE's fused block lasts for one load; dense models never see it."""
+    import transformers.models.qwen3_moe.modeling_qwen3_moe as qwen3_moe
+    from transformers import conversion_mapping, modeling_utils
+
+    from koquant.exporters.gptq.loading import defused_experts
+    from koquant.testing.miniatures import FAMILIES
+
+    fam = FAMILIES["qwen3moe-ko-mini"]
+    config = {**fam.config, "architectures": [fam.hf_class], "model_type": fam.model_type}
+    before = (qwen3_moe.Qwen3MoeSparseMoeBlock, conversion_mapping.get_checkpoint_conversion_mapping,
+              getattr(modeling_utils, "get_checkpoint_conversion_mapping", None))
+    with defused_experts(config):
+        assert qwen3_moe.Qwen3MoeSparseMoeBlock is not before[0]
+        assert "defuser" in qwen3_moe.Qwen3MoeSparseMoeBlock.__module__
+    after = (qwen3_moe.Qwen3MoeSparseMoeBlock, conversion_mapping.get_checkpoint_conversion_mapping,
+             getattr(modeling_utils, "get_checkpoint_conversion_mapping", None))
+    assert after == before
+    assert not hasattr(conversion_mapping, "orig_get_checkpoint_conversion_mapping")
+    with defused_experts({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}):
+        assert conversion_mapping.get_checkpoint_conversion_mapping is before[1]
+
+
+def test_moe_export_stores_each_expert_and_reads_the_routed_share(gptq_exports):
+    """Qwen3-MoE: one quantized Linear per expert in the checkpoint, loaded back as such, and the runtime's
+    bytes per token counts the packed experts at experts-per-token / experts."""
+    from koquant.runtime.backends.gptq import GPTQBackend
+
+    art = gptq_exports("qwen3moe-ko-mini")
+    config = json.loads((art.path / "config.json").read_text())
+    header = read_safetensors_header(art.path / "model.safetensors")
+    experts = {n: t.nbytes for n, t in header.items() if ".mlp.experts." in n}
+    assert len(experts) == config["num_hidden_layers"] * n_experts(config) * 3 * 4  # gate/up/down x 4 tensors
+    assert all(n.rsplit(".", 1)[1] in ("qweight", "qzeros", "scales", "g_idx") for n in experts)
+    rest = sum(t.nbytes for n, t in header.items() if n not in experts) - header["model.embed_tokens.weight"].nbytes
+    share = config["num_experts_per_tok"] / n_experts(config)
+    assert GPTQBackend.bytes_per_token(art.path) == round(rest + share * sum(experts.values()))
+    modules = art.manifest["gptq"]["modules"]
+    assert set(modules["fallback"]) <= {"rtn"}  # experts the router seldom picks: rounded to nearest
+    assert art.manifest["gptq"]["defused_experts"] == "qwen3_moe"
+    assert 'defuser.replace_fused_blocks("qwen3_moe")' in (art.path / "README.md").read_text()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "BACKENDS", "GGUF_LAYERS", "GGUF_EMBED", "GGUF_NORM", "GGUF_HEAD", "GGUF_ROPE_FREQS",
     "Linear", "Norm", "Dims", "OnnxNames", "Architecture", "Weight", "ARCHITECTURES",
-    "MULTIMODAL", "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights",
+    "MULTIMODAL", "architecture", "architecture_for", "resolve_architecture", "exportable_classes", "weights", "n_experts",
 ]
 
 #: the exporters an entry can name in ``backends``
@@ -68,6 +68,11 @@ class Linear:
     #: the GGUF stores all experts in one 3-D tensor ``gguf`` (``ffn_up_exps``: in x out x experts)
     expert: bool = False
 
+    @property
+    def router(self) -> bool:
+        """A mixture of experts' router (one score per expert out): GPTQ keeps it in floating point."""
+        return self.out_dim == "experts"
+
     def hf_names(self, n_experts: int | None) -> list[str]:
         """Its submodule name(s) inside a decoder layer: one per expert for an expert Linear."""
         return [self.hf.format(e=e) for e in range(n_experts or 0)] if self.expert else [self.hf]
@@ -85,6 +90,12 @@ class Norm:
     gguf: str
     block: str
     width: str = "hidden"
+
+
+def n_experts(config: dict) -> int | None:
+    """A mixture of experts' routed experts per layer from ``config.json``: ``num_experts`` as published,
+    ``num_local_experts`` as transformers 5 saves it (Qwen3-MoE's config maps one to the other)."""
+    return config.get("num_experts") or config.get("num_local_experts")
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,7 @@ class Dims:
         head_dim = config.get("head_dim") or hidden // heads
         kv = config.get("num_key_value_heads") or heads
         return cls(hidden, config.get("intermediate_size"), heads * head_dim, kv * head_dim, head_dim,
-                   config.get("moe_intermediate_size"), config.get("num_experts"))
+                   config.get("moe_intermediate_size"), n_experts(config))
 
 
 @dataclass(frozen=True)
@@ -316,7 +327,7 @@ class Architecture:
         """The share of a mixture of experts' expert weights one token reads (experts per token / experts); 1 else."""
         if not self.experts:
             return 1.0
-        return config["num_experts_per_tok"] / config["num_experts"]
+        return config["num_experts_per_tok"] / n_experts(config)
 
     @staticmethod
     def is_expert_weight(name: str) -> bool:
@@ -592,7 +603,7 @@ def weights(spec: ModelSpec) -> list[Weight]:
                     continue
                 cols, rows = getattr(dims, lin.in_dim), getattr(dims, lin.out_dim)
                 shape = (cols, rows, spec.n_experts) if lin.expert else (cols, rows)
-                role = "router" if lin.out_dim == "experts" else "linear"
+                role = "router" if lin.router else "linear"
                 out.append(Weight(f"{p}{lin.gguf}.weight", shape, role, i, m + lin.hf))
                 if _has_bias(lin, arch, spec):
                     out.append(Weight(f"{p}{lin.gguf}.bias", (rows,), "bias", i))

@@ -1,7 +1,9 @@
 """GPTQ through GPTQModel.
 
 - :mod:`~koquant.exporters.gptq.exporter`: the ``gptq`` format (checks, worker jobs, gate);
-- :mod:`~koquant.exporters.gptq.worker`: GPTQModel in a child process.
+- :mod:`~koquant.exporters.gptq.worker`: GPTQModel in a child process;
+- :mod:`~koquant.exporters.gptq.loading`: transformers loading a GPTQ checkpoint (a mixture of experts'
+  experts defused), shared by the gate and the runtime backend.
 
 ``FORMAT`` is the format's registry entry (:class:`koquant.exporters.Format`).
 """

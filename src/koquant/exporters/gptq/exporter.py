@@ -34,6 +34,7 @@ from ...errors import ExportError, KoquantError, RecipeError, missing_extra
 from ...quant_recipes import gptq as variants
 from ...quant_recipes.gptq import parse_quant, quant_name
 from .. import Exporter, option_names, recipe_options
+from .loading import needs_defuser
 from ..gate import compare_logits, judge
 
 GPTQMODEL_PINNED = "7.6.0"
@@ -103,11 +104,19 @@ def _layout(arch: Architecture | None) -> Architecture:
 
 
 def layer_widths(config: dict, arch: Architecture | None = None) -> dict[str, tuple[int, int]]:
-    """(in_features, out_features) of each decoder Linear of ``arch``, from config.json."""
+    """(in_features, out_features) of each decoder Linear of ``arch`` GPTQ quantizes (a mixture of experts'
+    router stays float), from config.json."""
     dims = Dims.from_config(config)
     if dims.intermediate is None:
         dims = replace(dims, intermediate=4 * dims.hidden)
-    return _layout(arch).linear_widths(dims)
+    layout = _layout(arch)
+    return {name: w for name, w in layout.linear_widths(dims).items() if not layout.linear(name).router}
+
+
+def quantized_modules(config: dict, arch: Architecture | None = None) -> list[str]:
+    """The submodules (inside a decoder layer) GPTQ quantizes: every Linear, one per expert, but a router."""
+    n_experts = Dims.from_config(config).experts
+    return [n for lin in _layout(arch).linears if not lin.router for n in lin.hf_names(n_experts)]
 
 
 def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = None) -> None:
@@ -132,7 +141,7 @@ def check_shapes(config: dict, opts: GPTQOptions, arch: Architecture | None = No
 
 
 class GPTQExporter(Exporter):
-    tool_packages = ("gptqmodel", "optimum")
+    tool_packages = ("gptqmodel", "optimum", "defuser")
     options = option_names(GPTQOptions)
 
     def check_recipe(self, recipe) -> None:
@@ -169,6 +178,8 @@ class GPTQExporter(Exporter):
         ctx.record = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
                     "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
                     "modules": modules}
+        if needs_defuser(ctx.ckpt.config):  # transformers loads it only with the experts as per-expert Linears
+            ctx.record["defused_experts"] = ctx.ckpt.config["model_type"]
         af = ArtifactFile(WEIGHTS, opts.quant)
         af.notes.append(f"{opts.bits}-bit GPTQ, group size {opts.group_size}, "
                         f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
@@ -210,6 +221,11 @@ class GPTQExporter(Exporter):
             "lm_head and embeddings stay in floating point", "",
             "Loads with transformers (`pip install optimum gptqmodel`), vLLM, TGI and exllama:", "",
             "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        ]
+        if g.get("defused_experts"):  # transformers 5 fuses the experts, which GPTQ stores one by one
+            lines += ["import defuser  # GPTQModel's dependency: build the experts as one Linear each",
+                      f'defuser.replace_fused_blocks("{g["defused_experts"]}")']
+        lines += [
             'model = AutoModelForCausalLM.from_pretrained(".", device_map="cpu")  # or "auto" on a GPU',
             'tokenizer = AutoTokenizer.from_pretrained(".")', "```", "",
             "```sh", "koquant chat .", "vllm serve .", "```",
@@ -250,19 +266,38 @@ def _drop_volatile(node) -> None:
             _drop_volatile(value)
 
 
+# GPTQModel's loss column for a module quantized without its Hessian: ``fallback(rtn): <mean |Q - W|>``
+_FALLBACK = re.compile(r"^fallback\((\w+)\):")
+
+
 def _quant_log(path: Path) -> dict:
-    """GPTQModel's per-module record (layer, module, loss, samples, damp) summed up; the file itself is not kept."""
+    """GPTQModel's per-module record (layer, module, loss, samples, damp) summed up; the file itself is not kept.
+
+    A module that saw under 0.5% of the calibration tokens (an expert of a mixture of experts the router
+    seldom picks) is rounded to nearest instead (GPTQModel's default fallback); its loss is another
+    measure, so ``loss_*`` cover the GPTQ modules only and ``fallback`` counts the others by strategy.
+    """
     import csv
 
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    losses = [float(r["loss"]) for r in rows if r.get("loss") not in (None, "")]
-    damps = sorted({float(r["damp"]) for r in rows if r.get("damp") not in (None, "")})
+    losses, damps, fallback = [], set(), {}
+    for r in rows:
+        loss = (r.get("loss") or "").strip()
+        m = _FALLBACK.match(loss)
+        if m:
+            fallback[m.group(1)] = fallback.get(m.group(1), 0) + 1
+            continue
+        if loss:
+            losses.append(float(loss))
+        if r.get("damp") not in (None, ""):
+            damps.add(float(r["damp"]))
+    damps = sorted(damps)
     # GPTQModel's CPU workers append rows in completion order; fsum is exact, so the mean does not depend on it
     return {"count": len(rows), "loss_mean": math.fsum(losses) / len(losses) if losses else None,
-            "loss_max": max(losses) if losses else None, "damp_used": damps}
+            "loss_max": max(losses) if losses else None, "damp_used": damps, "fallback": fallback}
 
 
 _LAYER = re.compile(rb"Quantizing layer (\d+) of (\d+)")

@@ -8,7 +8,8 @@ evaluation tokens.
 
 ``quantize``: load the source, GPTQ every decoder Linear layer by layer on the calibration ids,
 save in the GPTQ v1 layout. ``logits``: load the saved folder the way users do
-(``AutoModelForCausalLM.from_pretrained(folder, device_map="cpu")``) and write the next-token
+(``AutoModelForCausalLM.from_pretrained(folder, device_map="cpu")``; a mixture of experts with its experts
+defused, :mod:`koquant.exporters.gptq.loading`) and write the next-token
 logits of the evaluation ids to an ``.npy`` file.
 """
 
@@ -37,12 +38,12 @@ def quantize(job: dict) -> None:
 def logits(job: dict) -> None:
     import numpy as np
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from koquant.exporters.gptq.loading import load_quantized
     from koquant.source.architectures import architecture_for
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(job["folder"], device_map="cpu").eval()
+    model = load_quantized(job["folder"])
     layer = model.get_submodule(architecture_for(model.config).linear_path(0))
     out = []
     with torch.inference_mode():

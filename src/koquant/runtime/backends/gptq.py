@@ -2,7 +2,8 @@
 
 It is the transformers backend with the quantized weights: ``AutoModelForCausalLM.from_pretrained
 (folder, device_map="cpu")`` reads ``quantization_config`` and swaps every quantized Linear for
-GPTQModel's kernel (optimum and gptqmodel must be installed, the ``gptq`` extra).
+GPTQModel's kernel (optimum and gptqmodel must be installed, the ``gptq`` extra); a mixture of
+experts loads with its experts as per-expert Linears (Defuser, :mod:`koquant.exporters.gptq.loading`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ class GPTQBackend(HFBackend):
         super().__init__(target, dtype="float32", threads=threads, n_ctx=n_ctx)
 
     def _load(self, auto, target: Target, dtype):
-        return auto.from_pretrained(str(target.model), device_map="cpu", trust_remote_code=False).eval()
+        from ...exporters.gptq.loading import load_quantized
+
+        return load_quantized(target.model, trust_remote_code=False)
 
     def describe(self) -> dict:
         qc = getattr(self.model.config, "quantization_config", None)
