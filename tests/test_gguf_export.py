@@ -10,6 +10,9 @@ import pytest
 from koquant.exporters.gguf import llamacpp
 from koquant.source.checkpoint import Checkpoint, sha256_file
 
+from koquant.source.architectures import architecture
+from koquant.testing.miniatures import FAMILIES
+
 from .conftest import GGUF_QUANTS
 
 
@@ -35,9 +38,13 @@ def test_f16_logits_match_source(family, gguf_exports):
     # the same next token everywhere, except at near-ties: where llama.cpp picks another token, the source
     # itself ranks it within twice the largest logit difference of its own choice (a broken file flips
     # positions the source is sure about)
-    assert v["top1"] >= 0.999
+    assert v["passed"] and v["top1"] >= 0.99
     assert v["top1"] == 1.0 or v["top1_flip_margin"] <= 2 * v["max_abs_diff"], v
-    assert v["max_abs_diff"] < 1e-2
+    # a mixture of experts: a token near a router tie may take another expert, so the bound holds for
+    # 99% of positions; every other model is held to it at every position
+    routed = v["max_abs_rule"] != "every position"
+    assert v["max_abs_diff_p99" if routed else "max_abs_diff"] < 1e-2
+    assert routed == architecture(FAMILIES[family].hf_class).experts
     assert v["positions"] >= 1000
 
 

@@ -132,7 +132,7 @@ class GGUFExporter(Exporter):
         for f in out["logits"]:
             Path(f).unlink()
         metrics = compare_logits(ref_logits, got)
-        verdict = judge(quant, metrics, same_ids, failures)
+        verdict = judge(quant, metrics, same_ids, failures, routed=ctx.ckpt.architecture.experts)
         verdict["heldout_tokens"] = len(ref.heldout_ids)
         verdict["chat_template_identical"] = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
         return verdict
