@@ -154,21 +154,29 @@ def trained_spm_model(kind: str, cache_dir: Path | None = None) -> Path:
 
     options = _spm_options(kind)
     lines = _training_lines()
-    key = hashlib.sha256(
-        json.dumps([options, spm.__version__, lines], sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()[:16]
-    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "koquant" / "tokenizers"
-    path = cache_dir / f"{kind}-{key}.model"
+    path = _trained_path(kind, [options, spm.__version__, lines], ".model", cache_dir)
     if not path.exists():
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=buffer, minloglevel=2, **options
         )
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, path)
+        _publish(path, buffer.getvalue())
     return path
+
+
+def _trained_path(kind: str, recipe: list, suffix: str, cache_dir: Path | None) -> Path:
+    """Where the tokenizer trained by ``recipe`` (options, trainer version, text) is cached."""
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "koquant" / "tokenizers"
+    return cache_dir / f"{kind}-{key}{suffix}"
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (concurrent builders each write whole files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def _added(content: str, special: bool = True) -> dict:
@@ -352,11 +360,7 @@ def qwen2_vocab(cache_dir: Path | None = None) -> tuple[dict[str, int], list[tup
     cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "koquant" / "tokenizers"
     cached = cache_dir / f"qwen2-vocab-{key}.json"
     if not cached.exists():
-        data = _read_qwen2_gguf(path)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        os.replace(partial, cached)
+        _publish(cached, json.dumps(_read_qwen2_gguf(path), ensure_ascii=False).encode("utf-8"))
     data = json.loads(cached.read_text(encoding="utf-8"))
     vocab = {token: i for i, token in enumerate(data["tokens"])}
     merges = [tuple(m.split(" ")) for m in data["merges"]]
@@ -453,11 +457,7 @@ def trained_exaone4_tokenizer(cache_dir: Path | None = None) -> Path:
 
     options = _exaone4_trainer_options()
     lines = _training_lines()
-    key = hashlib.sha256(
-        json.dumps([options, tokenizers.__version__, lines], sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()[:16]
-    cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "koquant" / "tokenizers"
-    path = cache_dir / f"exaone4-bpe-{key}.json"
+    path = _trained_path("exaone4-bpe", [options, tokenizers.__version__, lines], ".json", cache_dir)
     if not path.exists():
         tokenizer = _byte_level(Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False)),
                                 options["split"], nfc=False)
@@ -469,10 +469,7 @@ def trained_exaone4_tokenizer(cache_dir: Path | None = None) -> Path:
             show_progress=False,
         )
         tokenizer.train_from_iterator(lines, trainer=trainer)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(tokenizer.to_str(), encoding="utf-8")
-        os.replace(partial, path)
+        _publish(path, tokenizer.to_str().encode("utf-8"))
     return path
 
 
