@@ -19,6 +19,8 @@ import pytest
 import koquant
 from koquant.errors import CheckpointError, RecipeError
 from koquant.exporters import export_formats
+
+FORMATS = [f.name for f in export_formats()]
 from koquant.source.architectures import ARCHITECTURES, MULTIMODAL, architecture
 from koquant.testing.miniatures import FAMILIES, SEED_FAMILIES
 
@@ -52,11 +54,11 @@ def test_every_miniature_is_a_registered_class():
         assert fam.model_type in arch.model_types, name
 
 
-@pytest.mark.parametrize("arch", sorted(a.name for a in ARCHITECTURES.values() if set(export_formats()) - set(a.backends)))
+@pytest.mark.parametrize("arch", sorted(a.name for a in ARCHITECTURES.values() if set(FORMATS) - set(a.backends)))
 def test_unsupported_format_refused_before_any_work(arch, miniature, tmp_path):
     fam = _family_of(arch)[0]
     entry = ARCHITECTURES[arch]
-    for fmt in sorted(set(export_formats()) - set(entry.backends)):
+    for fmt in sorted(set(FORMATS) - set(entry.backends)):
         out = tmp_path / fmt
         with pytest.raises(RecipeError) as e:
             koquant.export(miniature(fam), koquant.Recipe(fmt, ()), out)
@@ -92,18 +94,18 @@ def _exports_of(family: str, request) -> list:
     return arts
 
 
-@pytest.mark.parametrize("family", NEW)
-def test_chat_prompt_ids_identical_on_every_export(family, miniature, request):
+@pytest.mark.parametrize("mini", NEW)
+def test_chat_prompt_ids_identical_on_every_export(mini, miniature, request):
     """`koquant chat` feeds the same token ids on the source and on every file of every export."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(miniature(family))
+    tok = AutoTokenizer.from_pretrained(miniature(mini))
     want = list(tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"])
     got = {}
-    with koquant.load(miniature(family)) as s:
+    with koquant.load(miniature(mini)) as s:
         got["hf"] = s.encode_chat(CONVERSATION)
-    for art in _exports_of(family, request):
+    for art in _exports_of(mini, request):
         for f in art.files:
             with koquant.load(art.path, quant=f["quant"], threads=1) as s:
                 got[f"{art.manifest['format']}:{f['quant']}"] = s.encode_chat(CONVERSATION)
@@ -115,12 +117,12 @@ def test_chat_prompt_ids_identical_on_every_export(family, miniature, request):
 TINY_BENCH = dict(threads=1, ctx=128, chunks=1, prefill=(16,), decode_tokens=8, warmup=0, repeats=1)
 
 
-@pytest.mark.parametrize("family", NEW)
-def test_bench_reports_every_export(family, miniature, request):
+@pytest.mark.parametrize("mini", NEW)
+def test_bench_reports_every_export(mini, miniature, request):
     import math
 
-    arts = _exports_of(family, request)
-    report = koquant.bench(miniature(family), [a.path for a in arts], **TINY_BENCH)
+    arts = _exports_of(mini, request)
+    report = koquant.bench(miniature(mini), [a.path for a in arts], **TINY_BENCH)
     want = [f"{a.manifest['format']}:{f['quant']}" for a in arts for f in a.files]
     assert sorted(e["name"] for e in report.exports) == sorted(want)
     for e in report.exports:
@@ -129,15 +131,15 @@ def test_bench_reports_every_export(family, miniature, request):
         assert 0 < e["top1"] <= 1
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_plan_covers_every_format(family, miniature):
+@pytest.mark.parametrize("mini", sorted(FAMILIES))
+def test_plan_covers_every_format(mini, miniature):
     from koquant.plan import plan as make_plan
 
-    plan = make_plan(str(miniature(family)))
-    arch = architecture(FAMILIES[family].hf_class)
-    for fmt in export_formats():
+    plan = make_plan(str(miniature(mini)))
+    arch = architecture(FAMILIES[mini].hf_class)
+    for fmt in FORMATS:
         rows = [e for e in plan.exports if e.format == fmt]
-        assert rows, f"plan has no {fmt} row for {family}"
+        assert rows, f"plan has no {fmt} row for {mini}"
         assert all(e.available == (fmt in arch.backends) for e in rows), fmt
 
 
