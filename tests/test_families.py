@@ -61,7 +61,7 @@ def test_unsupported_format_refused_before_any_work(arch, miniature, tmp_path):
     for fmt in sorted(set(FORMATS) - set(entry.backends)):
         out = tmp_path / fmt
         with pytest.raises(RecipeError) as e:
-            koquant.export(miniature(fam), koquant.Recipe(fmt, ()), out)
+            koquant.export(miniature(fam), koquant.Recipe(fmt, ("int4",)), out)
         message = e.value.message
         assert entry.hf_class in message and fmt in message
         assert re.search(r"\d+\.\d+\.\d+", message), "the refusal names the backend's pinned version"
