@@ -159,3 +159,23 @@ def test_readme_supported_models_table_is_the_registry():
     table = _readme_table()
     want = {a.hf_class: set(a.backends) for a in ARCHITECTURES.values() if a.backends}
     assert table == want
+
+
+@pytest.mark.parametrize(("mini", "layer_types"), [
+    ("exaone4-mini", ["sliding_attention", "full_attention"]),  # hybrid EXAONE 4 that is not the 64-layer 32B
+    ("gemma3-ko-mini", ["full_attention"] + ["sliding_attention"] * 5),  # not Gemma 3's five-to-one order
+])
+def test_gguf_refuses_layer_types_llama_cpp_would_ignore(mini, layer_types, miniature, tmp_path):
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(miniature(mini), src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(sliding_window=128, layer_types=layer_types)
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RecipeError) as e:
+        koquant.export(src, koquant.Recipe("gguf", ("Q8_0",)), tmp_path / "out")
+    assert "llama.cpp 0.3.36" in e.value.message and "wrong attention masks" in e.value.message
+    assert "gptq" in e.value.hint
+    assert not (tmp_path / "out").exists()

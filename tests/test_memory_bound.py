@@ -18,18 +18,18 @@ import numpy as np
 from koquant.testing.miniatures import build_miniature
 
 
-def _chunks(vocab: int, n: int = 2, length: int = 48) -> list[list[int]]:
+def _chunks(vocab: int, n: int = 2, length: int = 160) -> list[list[int]]:
+    # longer than the miniatures' sliding windows (128), so each attention type's mask really differs
     rng = np.random.default_rng(0)
     return [rng.integers(0, vocab, length).tolist() for _ in range(n)]
 
 
-def test_layerwise_logits_are_bit_identical(family):
+def _bit_identical(folder) -> "LayerwiseModel":
     import torch
     from transformers import AutoModelForCausalLM
 
     from koquant.exporters.layerwise import LayerwiseModel
 
-    folder = build_miniature(family)  # the session's trained miniatures (built for the exports anyway)
     lw = LayerwiseModel(folder)
     chunks = _chunks(lw.config.vocab_size)
     got = lw.logits(chunks)
@@ -37,6 +37,33 @@ def test_layerwise_logits_are_bit_identical(family):
     with torch.inference_mode():
         want = [full(input_ids=torch.tensor([c]), use_cache=False).logits[0].float().numpy() for c in chunks]
     assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    return lw
+
+
+def test_each_layer_gets_the_mask_of_its_attention_type(tmp_path):
+    """EXAONE 4's hybrid attention (the 32B's sliding/full mix, at miniature size): each layer is fed its own
+    mask (the sliding layer's differs from the full layer's), and the result is bit-identical."""
+    import shutil
+
+    import torch
+
+    from koquant.exporters.layerwise import capture_layer_inputs
+
+    folder = tmp_path / "exaone4-hybrid"
+    shutil.copytree(build_miniature("exaone4-mini"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    (folder / "config.json").write_text(json.dumps(cfg))
+    lw = _bit_identical(folder)
+    lw._load(lw.arch.embed)
+    (hidden, kwargs), = capture_layer_inputs(lw.model, lw.model.get_submodule(lw.arch.layers), _chunks(1000, 1))
+    sliding, full = (k["attention_mask"] for k in kwargs)
+    assert sliding is not None  # the window: an explicit mask (full attention may be plain causal: None)
+    assert full is None or not torch.equal(sliding, full)
+
+
+def test_layerwise_logits_are_bit_identical(family):
+    lw = _bit_identical(build_miniature(family))  # the session's trained miniatures (built for the exports anyway)
     assert all(p.is_meta for p in lw.model.parameters()), "weights stayed in memory after the run"
 
 
