@@ -99,16 +99,23 @@ def test_chat_prompt_ids_identical_on_every_export(mini, miniature, request):
     """`koquant chat` feeds the same token ids on the source and on every file of every export."""
     from transformers import AutoTokenizer
 
+    import jinja2
+
     tok = AutoTokenizer.from_pretrained(miniature(mini))
-    want = list(tok.apply_chat_template(CONVERSATION, add_generation_prompt=True, tokenize=True,
+    conv = CONVERSATION
+    try:
+        tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+    except jinja2.TemplateError:  # Gemma 2's own template has no system turn
+        conv = CONVERSATION[1:]
+    want = list(tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
                                         return_dict=True)["input_ids"])
     got = {}
     with koquant.load(miniature(mini)) as s:
-        got["hf"] = s.encode_chat(CONVERSATION)
+        got["hf"] = s.encode_chat(conv)
     for art in _exports_of(mini, request):
         for f in art.files:
             with koquant.load(art.path, quant=f["quant"], threads=1) as s:
-                got[f"{art.manifest['format']}:{f['quant']}"] = s.encode_chat(CONVERSATION)
+                got[f"{art.manifest['format']}:{f['quant']}"] = s.encode_chat(conv)
     assert {k for k in got if k != "hf"}, "no export was made"
     assert all(ids == want for ids in got.values()), {k: v for k, v in got.items() if v != want}
 
@@ -122,7 +129,9 @@ def test_bench_reports_every_export(mini, miniature, request):
     import math
 
     arts = _exports_of(mini, request)
-    report = koquant.bench(miniature(mini), [a.path for a in arts], **TINY_BENCH)
+    from koquant.bench import bench
+
+    report = bench(miniature(mini), [a.path for a in arts], **TINY_BENCH)
     want = [f"{a.manifest['format']}:{f['quant']}" for a in arts for f in a.files]
     assert sorted(e["name"] for e in report.exports) == sorted(want)
     for e in report.exports:
