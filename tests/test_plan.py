@@ -882,13 +882,10 @@ def test_new_architectures_tensor_list(arch):
 
 
 def _gguf_py():
-    """The vendored gguf-py of the pinned llama.cpp when it is on this machine (never downloads it)."""
-    root = os.environ.get("KOQUANT_LLAMA_CPP_SRC") or (
-        Path(os.environ.get("KOQUANT_CACHE", Path.home() / ".cache" / "koquant"))
-        / "llama-cpp-python-0.3.36" / "vendor" / "llama.cpp")
-    src = Path(root) / "gguf-py"
-    if not (src / "gguf" / "constants.py").is_file():
-        pytest.skip("the pinned llama.cpp sources are not unpacked here")
+    """The vendored gguf-py of the pinned llama.cpp (install.sh unpacks it; fetched once otherwise)."""
+    from koquant.exporters.gguf.llamacpp import llama_cpp_source
+
+    src = llama_cpp_source() / "gguf-py"
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
     import gguf
