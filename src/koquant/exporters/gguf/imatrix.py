@@ -76,7 +76,7 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
             if gname:
                 hooks.append(module.register_forward_pre_hook(make_hook(gname)))
         elif arch.experts and hasattr(module, "gate_up_proj") and (split := arch.split_layer(mod_name + ".")):
-            hooks.append(module.register_forward_pre_hook(_experts_hook(result, split[0], module)))
+            hooks.append(module.register_forward_pre_hook(_experts_hook(result, arch, split[0], module)))
     if not hooks:
         raise RuntimeError(f"no linear layers of {arch.hf_class} matched the GGUF name table")
     if isinstance(model, LayerwiseModel):
@@ -99,7 +99,7 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
     return result
 
 
-def _experts_hook(result: Imatrix, layer: int, experts):
+def _experts_hook(result: Imatrix, arch: Architecture, layer: int, experts):
     """The importance of a layer's experts, from what its router sends each one.
 
     transformers' experts module gets the layer's tokens and each token's chosen experts; expert
@@ -111,7 +111,10 @@ def _experts_hook(result: Imatrix, layer: int, experts):
 
     from ...source.architectures import GGUF_LAYERS
 
-    names = {k: f"{GGUF_LAYERS}.{layer}.{k}.weight" for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")}
+    # the registry's expert tensors: those reading the layer's hidden states, and the one reading act(gate)*up
+    expert_linears = [lin for lin in arch.linears if lin.expert]
+    inputs = [f"{GGUF_LAYERS}.{layer}.{lin.gguf}.weight" for lin in expert_linears if lin.in_dim == "hidden"]
+    down_inputs = [f"{GGUF_LAYERS}.{layer}.{lin.gguf}.weight" for lin in expert_linears if lin.in_dim != "hidden"]
 
     def hook(_module, args):
         hidden, top_k_index = args[0].detach(), args[1]
@@ -131,8 +134,9 @@ def _experts_hook(result: Imatrix, layer: int, experts):
                 s_in[e] = (x.to(torch.float64) ** 2).sum(dim=0).numpy()
                 s_down[e] = (inner_x.to(torch.float64) ** 2).sum(dim=0).numpy()
                 counts[e] = len(rows)
-        result.add(names["ffn_gate_exps"], s_in, counts)
-        result.add(names["ffn_up_exps"], s_in, counts)
-        result.add(names["ffn_down_exps"], s_down, counts)
+        for name in inputs:
+            result.add(name, s_in, counts)
+        for name in down_inputs:
+            result.add(name, s_down, counts)
 
     return hook
