@@ -327,6 +327,59 @@ def test_text_and_probe_files_are_checked(default_model, gguf_exports, tmp_path,
     assert (taken / "keep.txt").read_text() == "mine"
 
 
+def test_importance_matrix_in_a_glob_is_skipped_and_reported(default_model, gguf_exports, tmp_path, capsys):
+    """``koquant bench MODEL OUT/*.gguf``: the glob brings imatrix.gguf along; it is skipped with a note, every
+    model file is benched, and the report says what was skipped."""
+    art = gguf_exports(DEFAULT_MODEL).path
+    given = sorted(art.glob("*.gguf"))
+    assert art / "imatrix.gguf" in given
+    out = tmp_path / "r"
+    rc = cli_main(["bench", str(default_model), *map(str, given), "--no-latency", "--ctx", "256", "--chunks", "1",
+                   "--threads", "1", "-o", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    imatrix = str(art / "imatrix.gguf")
+    assert f"note: skipping {imatrix}: an importance matrix (general.type imatrix), not a model" in captured.err
+    summary = json.loads(captured.out)
+    assert [e["name"] for e in summary["entries"]] == ["source", "gguf:F16", "gguf:Q4_K_M", "gguf:Q8_0"]
+    skipped = [{"path": imatrix, "reason": "an importance matrix (general.type imatrix), not a model"}]
+    assert summary["skipped"] == skipped
+    assert json.loads((out / "report.json").read_text(encoding="utf-8"))["skipped"] == skipped
+    assert f"Skipped (not a model): `{imatrix}`" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_damaged_target_is_refused_before_any_measurement(default_model, gguf_exports, tmp_path, capsys, monkeypatch):
+    """A truncated GGUF after good ones stops the bench before anything runs, naming it; no report is written.
+    A list holding nothing but an importance matrix is refused alike, and koquant.load refuses one."""
+    import koquant
+    import koquant.bench.runner as runner
+    from koquant.runtime.loader import LoadError
+
+    def no_work(*_a, **_kw):
+        raise AssertionError("a worker ran before every target was checked")
+
+    monkeypatch.setattr(runner, "_run_worker", no_work)
+    art = gguf_exports(DEFAULT_MODEL).path
+    good = art / f"{DEFAULT_MODEL}-Q4_K_M.gguf"
+    cut = tmp_path / f"{DEFAULT_MODEL}-Q8_0.gguf"
+    data = (art / cut.name).read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "r"
+    rc, err = _cli([default_model, good, cut, "-o", out], capsys)
+    assert rc == 2
+    assert f"{cut} is truncated" in err and f"hint: the download or export was cut short; export again; or bench " \
+        f"without {cut.name}" in err
+    _nothing_written(out)
+    with pytest.raises(BenchError, match="is truncated"):
+        bench(default_model, [good, cut], out, latency=False)
+    _nothing_written(out)
+    with pytest.raises(BenchError, match=r"nothing to bench: .*imatrix.gguf is an importance matrix"):
+        bench(default_model, [art / "imatrix.gguf"], out)
+    _nothing_written(out)
+    with pytest.raises(LoadError, match="imatrix.gguf is an importance matrix"):
+        koquant.load(art / "imatrix.gguf")
+
+
 def test_a_failing_runtime_leaves_nothing(default_model, gguf_exports, tmp_path):
     """A worker that fails (here: a context longer than the model's positions) stops the bench; no report."""
     art = gguf_exports(DEFAULT_MODEL).path / f"{DEFAULT_MODEL}-Q4_K_M.gguf"

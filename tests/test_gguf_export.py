@@ -123,6 +123,26 @@ def test_imatrix_file_matches_what_was_applied(gguf_exports):
         assert np.all(np.isfinite(s)) and np.all(s >= 0) and s.sum() > 0
 
 
+def test_calibrated_files_record_their_imatrix_as_llama_quantize_does(gguf_exports):
+    """Q8_0 and Q4_K_M carry llama-quantize's quantize.imatrix.* keys (the file, the Korean set, the tensor and
+    chunk counts, the counts as u32 like llama.cpp writes them); F16, quantized without it, carries none."""
+    from koquant.exporters.gguf.reader import read_gguf
+
+    art = gguf_exports("ocelot-mini")
+    cal = art.manifest["calibration"]
+    keys = llamacpp.QUANTIZE_IMATRIX_KEYS
+    want = {keys["FILE"]: ("imatrix.gguf", "string"), keys["DATASET"]: ("kobill", "string"),
+            keys["N_ENTRIES"]: (len(llamacpp.read_imatrix_gguf(art.path / "imatrix.gguf")), "u32"),
+            keys["N_CHUNKS"]: (cal["chunks"], "u32")}
+    assert cal["name"] == "kobill" and cal["tensors"] == want[keys["N_ENTRIES"]][0] and cal["chunks"] == 8
+    for quant in ("Q8_0", "Q4_K_M"):
+        gguf = read_gguf(art.path / f"ocelot-mini-{quant}.gguf")
+        got = {k: (gguf.metadata[k], gguf.kv_types[k]) for k in gguf.metadata if k.startswith("quantize.imatrix.")}
+        assert got == want, quant
+    f16 = read_gguf(art.path / "ocelot-mini-F16.gguf")
+    assert not [k for k in f16.metadata if k.startswith("quantize.")]
+
+
 @pytest.mark.parametrize("quant", ["Q6_K", "IQ4_XS", "Q3_K_M"])
 def test_more_quant_types(quant, miniature, tmp_path):
     import koquant

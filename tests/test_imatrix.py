@@ -64,6 +64,15 @@ def test_imatrix_written_in_llama_cpp_layout(tmp_path):
     assert int(reader.fields["imatrix.chunk_size"].parts[-1][0]) == 128
 
 
+def test_quantize_imatrix_keys_are_llama_quantizes():
+    """The keys koquant records its calibration under are llama-quantize's own, read from the pinned source."""
+    import re
+
+    source = (llamacpp.llama_cpp_source() / "tools" / "quantize" / "quantize.cpp").read_text(encoding="utf-8")
+    theirs = dict(re.findall(r'LLM_KV_QUANTIZE_IMATRIX_(\w+)\s*=\s*"([^"]+)"', source))
+    assert theirs == llamacpp.QUANTIZE_IMATRIX_KEYS
+
+
 @pytest.mark.slow
 def test_korean_imatrix_helps_q4_k_m_on_the_trained_miniature(default_model):
     """The benchmark's claim, checked: Q4_K_M with the Korean imatrix is no worse than without."""

@@ -28,13 +28,15 @@ class Report:
     machine: dict
     versions: dict
     mc: dict | None = None
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: given, but not a model
     wall_s: float = 0.0
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, *, source, baseline_dtype: str, stored_dtype: str, targets, results: dict, settings: BenchSettings,
-              threads: int, text, tokens, mc, machine: dict, versions: dict, wall_s: float) -> "Report":
+              threads: int, text, tokens, mc, machine: dict, versions: dict, wall_s: float,
+              skipped: list[dict] = ()) -> "Report":
         bandwidth = (machine.get("memory_bandwidth") or {}).get("bytes_per_s")
         base = _entry(source, results[source.name], None, bandwidth)
         base["dtype"] = baseline_dtype
@@ -75,7 +77,7 @@ class Report:
                     "baseline_dtype": baseline_dtype, "baseline_runtime": "transformers",
                     "baseline_dtype_is_stored": baseline_dtype == stored_dtype},
             baseline=base, exports=exports, settings=settings.to_dict() | {"threads": threads}, text=text_info,
-            machine=machine, versions=versions, mc=mc_info, wall_s=wall_s)
+            machine=machine, versions=versions, mc=mc_info, skipped=list(skipped), wall_s=wall_s)
 
     # ------------------------------------------------------------------ reading
     def export(self, name: str) -> dict:
@@ -91,7 +93,7 @@ class Report:
     def to_dict(self) -> dict:
         return {"schema": REPORT_SCHEMA, "created": self.created, "wall_s": self.wall_s, "source": self.source,
                 "baseline": self.baseline, "exports": self.exports, "settings": self.settings, "text": self.text,
-                "mc": self.mc, "machine": self.machine, "versions": self.versions}
+                "mc": self.mc, "skipped": self.skipped, "machine": self.machine, "versions": self.versions}
 
     def quality_numbers(self) -> dict:
         """Every quality number per entry (what must be equal when the same inputs are benched again)."""
@@ -115,6 +117,9 @@ class Report:
         lines += [f"Baseline: the source checkpoint run by transformers in **{s['baseline_dtype']}** ({dtype_note}). "
                   f"Text: `{t['name']}` ({t['tokens']} tokens, sha256 `{t['sha256'][:12]}`), tokenized by the source "
                   "tokenizer; every runtime is fed the same ids.", ""]
+        if self.skipped:
+            lines += ["Skipped (not a model): " + "; ".join(f"`{s['path']}`: {s['reason']}" for s in self.skipped)
+                      + ".", ""]
         rows = [self.baseline, *self.exports]
         if quality:
             lines += ["## Quality", "", f"Chunking: {t['chunking']}. KL divergence is KL(baseline ‖ export) in nats "

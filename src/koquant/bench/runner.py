@@ -18,7 +18,7 @@ from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 from .targets import expand, source_target
 
 
-def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None, force: bool = False,
+def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None, force: bool = False, on_note=None,
           **settings):
     """Measure each export in ``artifacts`` against the source checkpoint ``source_dir``.
 
@@ -28,7 +28,9 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     Constitution). ``mc``: a JSONL file of multiple-choice items. ``settings``: the fields of
     :class:`~koquant.bench.settings.BenchSettings` (``ctx``, ``chunks``, ``threads``,
     ``baseline_dtype``, ``prefill``, ``decode_tokens``, ``warmup``, ``repeats``, ``latency``,
-    ``quality``). ``progress``: a rich Progress to report on. Returns the :class:`Report`.
+    ``quality``). ``progress``: a rich Progress to report on. ``on_note(text)``: told, before anything runs,
+    of each path skipped because it holds no model (an ``imatrix.gguf`` a shell glob brought along; the
+    report lists them too). Returns the :class:`Report`.
     """
     from ..source.checkpoint import Checkpoint
     from ..runtime.tokenizer import HFTokenizer
@@ -47,7 +49,9 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
     if baseline_dtype not in BASELINE_DTYPES:
         raise BenchError(f"the source is stored as {baseline_dtype}, which transformers cannot run as a baseline here",
                          hint="pass --baseline-dtype float32 or bfloat16")
-    targets = expand(list(artifacts))
+    targets, skipped = expand(list(artifacts))
+    for s in skipped if on_note is not None else ():
+        on_note(f"skipping {s['path']}: {s['reason']}")
     source = source_target(ckpt, source_dir, baseline_dtype)
     bench_text = read_text(text)
     items = None
@@ -91,7 +95,7 @@ def bench(source_dir, artifacts, out=None, *, text=None, mc=None, progress=None,
 
         report = Report.build(
             source=source, baseline_dtype=baseline_dtype, stored_dtype=ckpt.source_dtype, targets=targets,
-            results=results, settings=cfg, threads=threads, text=bench_text, tokens=tokens,
+            results=results, skipped=skipped, settings=cfg, threads=threads, text=bench_text, tokens=tokens,
             mc=(mc_name, items) if items else None, machine=machine, versions=versions,
             wall_s=time.perf_counter() - t_start)
         if folder is not None:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import KoquantError
 from .settings import BenchError
 
 
@@ -40,13 +41,17 @@ def source_target(ckpt, source_dir: Path, dtype: str) -> BenchTarget:
     return t
 
 
-def expand(paths: list[str | os.PathLike]) -> list[BenchTarget]:
-    """One entry per runnable export in ``paths``, named uniquely, checked before any runtime starts."""
+def expand(paths: list[str | os.PathLike]) -> tuple[list[BenchTarget], list[dict]]:
+    """Every path checked before any runtime starts: one entry per runnable export, named uniquely, and the
+    paths that hold no model (``{"path", "reason"}``: an importance matrix a shell glob brought along),
+    which are skipped. A path that cannot be benched (missing, unreadable, truncated, of no format koquant
+    runs) stops the bench here, named, before anything is measured."""
     from ..runtime.loader import resolve
 
     if not paths:
         raise BenchError("no export to bench", hint="koquant bench SOURCE_DIR ARTIFACT... (e.g. an export folder)")
     targets: list[BenchTarget] = []
+    skipped: list[dict] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if not p.exists():
@@ -55,13 +60,25 @@ def expand(paths: list[str | os.PathLike]) -> list[BenchTarget]:
         for quant in _variants(p):
             target = resolve(p, quant)  # an export of a format koquant has no runtime for stops here
             _check_runtime(target.format, p)
-            name = f"{target.format}:{target.quant or Path(target.model).name}"
-            t = BenchTarget(name, target.format, str(p), quant, str(target.model), notes=list(target.notes))
-            t.file_bytes = file_bytes(t.format, Path(t.model))
-            t.bytes_per_token = bytes_per_token(t.format, Path(t.model))
+            model = Path(target.model)
+            try:
+                why = _not_a_model(target.format, model)
+                if why is not None:
+                    skipped.append({"path": str(p), "reason": why})
+                    continue
+                name = f"{target.format}:{target.quant or model.name}"
+                t = BenchTarget(name, target.format, str(p), quant, str(model), notes=list(target.notes))
+                t.file_bytes = file_bytes(t.format, model)
+                t.bytes_per_token = bytes_per_token(t.format, model)
+            except KoquantError as e:  # a damaged file: refused before any measurement, with the way on
+                raise BenchError(e.message,
+                                 hint=f"{e.hint or 'export it again'}; or bench without {model.name}") from None
             targets.append(t)
+    if not targets:
+        raise BenchError("nothing to bench: " + "; ".join(f"{s['path']} is {s['reason']}" for s in skipped),
+                         hint="pass the model files or the export folder koquant wrote")
     _unique_names(targets)
-    return targets
+    return targets, skipped
 
 
 def _check_runtime(fmt: str, where: Path) -> None:
@@ -101,7 +118,13 @@ def _unique_names(targets: list[BenchTarget]) -> None:
         raise BenchError(f"{', '.join(dupes)} given more than once", hint="pass each export once")
 
 
-# ---------------------------------------------------------------------------- sizes
+# ---------------------------------------------------------------------------- read from the files
+def _not_a_model(fmt: str, model: Path) -> str | None:
+    from ..runtime.loader import backend_class
+
+    return backend_class(fmt).not_a_model(model)
+
+
 def file_bytes(fmt: str, model: Path) -> int:
     """Bytes of the weight files a user ships for this export."""
     from ..runtime.loader import backend_class

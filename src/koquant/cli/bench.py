@@ -49,9 +49,15 @@ def run_bench(source_dir, artifacts, out, *, progress=None, **options):
     from ..bench import bench
 
     if progress is None:
-        return bench(source_dir, artifacts, out, **options)
+        return bench(source_dir, artifacts, out, on_note=_note, **options)
     with progress:
-        return bench(source_dir, artifacts, out, progress=progress, **options)
+        return bench(source_dir, artifacts, out, progress=progress, on_note=_note, **options)
+
+
+def _note(text: str) -> None:
+    import sys
+
+    print(f"note: {text}", file=sys.stderr)
 
 
 def bench_after_export(model_dir, artifact_path: Path, threads: int, as_json: bool) -> None:
@@ -72,8 +78,8 @@ def print_summary(report, out: Path, as_json: bool) -> None:
             "bound_fraction")
     if as_json:
         rows = [{k: e[k] for k in keys if k in e} for e in (report.baseline, *report.exports)]
-        print(json.dumps({"report": str(out), "baseline_dtype": report.source["baseline_dtype"], "entries": rows},
-                         indent=2, ensure_ascii=False))
+        print(json.dumps({"report": str(out), "baseline_dtype": report.source["baseline_dtype"], "entries": rows,
+                          "skipped": report.skipped}, indent=2, ensure_ascii=False))
         return
     rows = [(e["name"], f"{e['file_bytes'] / 2**20:.1f}", _num(e.get("ppl"), ".3f"), _num(e.get("ppl_ratio"), ".4f"),
              _num(e.get("kl_mean"), ".2e"), _num(e.get("kl_p99"), ".2e"), _num(e.get("top1"), ".4f"),

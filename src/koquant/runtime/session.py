@@ -68,6 +68,12 @@ class Backend:
         return sorted(p for p in model.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin"))
 
     @classmethod
+    def not_a_model(cls, model: Path) -> str | None:
+        """Why ``model``, found as this format, holds nothing to run (a GGUF importance matrix), read from its
+        files without the runtime; None for a model. A damaged file raises :class:`KoquantError`."""
+        return None
+
+    @classmethod
     def bytes_per_token(cls, model: Path) -> int:
         """Weight bytes one decode step reads: every weight once, but of an input embedding table that is
         not also the head only one row (the bench's bandwidth bound)."""

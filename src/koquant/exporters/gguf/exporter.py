@@ -26,6 +26,7 @@ from ..gate import compare_logits, judge
 from . import llamacpp
 from .imatrix import compute_imatrix
 
+IMATRIX_FILE = "imatrix.gguf"  # the importance matrix, saved beside the files quantized with it
 _BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
 
 
@@ -78,8 +79,8 @@ class GGUFExporter(Exporter):
             layers = ref.layerwise.n_layers
             with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
                 imatrix = compute_imatrix(ref.layerwise, ckpt.architecture, chunks, on_layer=advance)
-            llamacpp.write_imatrix_gguf(ctx.out / "imatrix.gguf", imatrix, ctx.calibration.name, chunks.n_ctx)
-            ctx.calibration_use = {"file": "imatrix.gguf", "imatrix_sha256": sha256_file(ctx.out / "imatrix.gguf"),
+            llamacpp.write_imatrix_gguf(ctx.out / IMATRIX_FILE, imatrix, ctx.calibration.name, chunks.n_ctx)
+            ctx.calibration_use = {"file": IMATRIX_FILE, "imatrix_sha256": sha256_file(ctx.out / IMATRIX_FILE),
                                    "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                    "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
 
@@ -94,7 +95,9 @@ class GGUFExporter(Exporter):
                 else:
                     use = imatrix if FILE_TYPES[quant].quantized else None
                     with procs.step("llama.cpp", f"quantizing to {quant}"):
-                        res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads)
+                        res = llamacpp.quantize(base, dst, quant, imatrix=use, nthread=recipe.threads,
+                                                imatrix_file=IMATRIX_FILE,
+                                                dataset=ctx.calibration.name if use is not None else None)
                     af.fallbacks = res.fallbacks
                     af.notes.append("Korean importance matrix applied" if use is not None else "no importance matrix")
                 af.tensor_types = llamacpp.gguf_tensor_types(dst)

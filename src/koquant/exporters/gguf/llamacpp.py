@@ -363,8 +363,50 @@ def capture_llama_log(lines: list[str], echo: bool = False, llama_cpp=None):
         lines.extend("".join(buf).splitlines())
 
 
-def quantize(src: Path, dst: Path, quant: str, imatrix=None, nthread: int = 0) -> QuantizeResult:
-    """``llama_model_quantize`` with an optional importance matrix (``koquant.exporters.gguf.imatrix.Imatrix``)."""
+#: the calibration llama-quantize records in every file it quantizes with an importance matrix, by the
+#: names of tools/quantize/quantize.cpp's ``LLM_KV_QUANTIZE_IMATRIX_*`` constants (tests/test_imatrix.py
+#: pins them to the vendored source); llama.cpp writes the counts as u32
+QUANTIZE_IMATRIX_KEYS = {"FILE": "quantize.imatrix.file", "DATASET": "quantize.imatrix.dataset",
+                         "N_ENTRIES": "quantize.imatrix.entries_count", "N_CHUNKS": "quantize.imatrix.chunks_count"}
+_KV_STR_BYTES = 127  # llama_model_kv_override.val_str holds 128 bytes, the last one its terminator
+
+
+def imatrix_overrides(imatrix, imatrix_file: str, dataset: str | None) -> list[tuple[str, str | int]]:
+    """The ``(key, value)`` pairs llama-quantize writes for ``--imatrix imatrix_file``: the file, its first
+    dataset (when it names one), its entry count and its chunk count (when known)."""
+    keys = QUANTIZE_IMATRIX_KEYS
+    pairs: list[tuple[str, str | int]] = [(keys["FILE"], imatrix_file)]
+    if dataset:
+        pairs.append((keys["DATASET"], dataset))
+    pairs.append((keys["N_ENTRIES"], len(imatrix.names())))
+    if imatrix.n_chunks > 0:
+        pairs.append((keys["N_CHUNKS"], imatrix.n_chunks))
+    return pairs
+
+
+def _kv_override_array(llama_cpp, pairs: list[tuple[str, str | int]]):
+    """``pairs`` as the ``llama_model_kv_override`` array llama.cpp reads up to an entry with an empty key.
+    A string longer than the field is cut to whole UTF-8 characters, as llama-quantize cuts it to 127 bytes."""
+    arr = (llama_cpp.llama_model_kv_override * (len(pairs) + 1))()  # zeroed: the last entry is the terminator
+    for o, (key, value) in zip(arr, pairs):
+        o.key = key.encode()
+        if isinstance(value, str):
+            o.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            o.value.val_str = value.encode()[:_KV_STR_BYTES].decode("utf-8", "ignore").encode()
+        else:
+            o.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            o.value.val_i64 = value
+    arr[len(pairs)].key = b""
+    return arr
+
+
+def quantize(src: Path, dst: Path, quant: str, imatrix=None, nthread: int = 0, *, imatrix_file: str = "imatrix.gguf",
+             dataset: str | None = None) -> QuantizeResult:
+    """``llama_model_quantize`` with an optional importance matrix (``koquant.exporters.gguf.imatrix.Imatrix``).
+
+    With one, the file records its calibration as llama-quantize does (:func:`imatrix_overrides`):
+    ``imatrix_file`` names the saved matrix, ``dataset`` the calibration text it was computed on.
+    """
     llama_cpp = import_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = nthread
@@ -382,8 +424,10 @@ def quantize(src: Path, dst: Path, quant: str, imatrix=None, nthread: int = 0) -
             arr[i].data = ctypes.cast(cbuf, ctypes.POINTER(ctypes.c_float))
             arr[i].size = len(vals)
         arr[len(names)].name = None
-        keep.append(arr)
+        overrides = _kv_override_array(llama_cpp, imatrix_overrides(imatrix, imatrix_file, dataset))
+        keep.extend([arr, overrides])
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+        params.kv_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     result = QuantizeResult()
     with capture_llama_log(result.log):
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))

@@ -22,8 +22,9 @@ from typing import Any
 
 from koquant.errors import CheckpointError
 from koquant.quant_recipes.gguf import GGML_TYPES_BY_ID
+from koquant.source.architectures import GGUF_EMBED
 
-__all__ = ["GGUFTensor", "GGUFTensorInfo", "GGUFArray", "GGUFFile", "read_gguf", "gguf_tensors"]
+__all__ = ["GGUFTensor", "GGUFTensorInfo", "GGUFArray", "GGUFFile", "read_gguf", "gguf_tensors", "not_a_model"]
 
 _MAGIC = b"GGUF"
 _MAX_DIMS = 4  # GGML_MAX_DIMS
@@ -90,6 +91,7 @@ class GGUFFile:
     data_offset: int
     file_size: int
     tensor_data_bytes: int = field(default=0)
+    kv_types: dict[str, str] = field(default_factory=dict)  # key -> its value type (u32, i32, string, array, ...)
 
     def tensor(self, name: str) -> GGUFTensorInfo:
         for t in self.tensors:
@@ -250,11 +252,13 @@ def _parse(buf, size: int, path: str) -> GGUFFile:
 
     metadata: dict[str, Any] = {}
     kv_bytes: dict[str, int] = {}
+    kv_types: dict[str, str] = {}
     for _ in range(n_kv):
         start = cur.pos
         key = cur.string("metadata key", limit=_MAX_NAME)
         vtype = cur.u32(f"value type of {key!r}")
         metadata[key] = _value(cur, vtype, key)
+        kv_types[key] = _TYPE_NAMES[vtype]
         kv_bytes[key] = cur.pos - start
 
     alignment = metadata.get("general.alignment", 32)
@@ -307,7 +311,23 @@ def _parse(buf, size: int, path: str) -> GGUFFile:
             )
         total += n_bytes
         tensors.append(GGUFTensorInfo(name, t.name, shape, n_bytes, data_offset + offset))
-    return GGUFFile(path, version, alignment, metadata, kv_bytes, tensors, data_offset, size, total)
+    return GGUFFile(path, version, alignment, metadata, kv_bytes, tensors, data_offset, size, total, kv_types)
+
+
+def not_a_model(gguf: GGUFFile) -> str | None:
+    """Why a readable GGUF is not a model llama.cpp runs, or None for a model: llama-imatrix's importance
+    matrix (``general.type`` imatrix), another kind of GGUF (an adapter, a projector), or a file without an
+    architecture or without the token embedding every model has."""
+    kind = gguf.metadata.get("general.type", "model")
+    if kind == "imatrix":
+        return "an importance matrix (general.type imatrix), not a model"
+    if kind != "model":
+        return f"a GGUF of general.type {kind!r}, not a model"
+    if not gguf.metadata.get("general.architecture"):
+        return "a GGUF without general.architecture, not a model"
+    if not any(t.name == f"{GGUF_EMBED}.weight" for t in gguf.tensors):
+        return f"a GGUF without a {GGUF_EMBED}.weight tensor, not a model"
+    return None
 
 
 def gguf_tensors(path: str | os.PathLike) -> list[tuple[str, str, tuple[int, ...], int]]:

@@ -54,6 +54,12 @@ class GGUFBackend(Backend):
         import_llama_cpp()
 
     @classmethod
+    def not_a_model(cls, model: Path) -> str | None:
+        from ...exporters.gguf.reader import not_a_model, read_gguf
+
+        return not_a_model(read_gguf(model))
+
+    @classmethod
     def bytes_per_token(cls, model: Path) -> int:
         from ...exporters.gguf.reader import read_gguf
         from ...source.architectures import GGUF_EMBED, GGUF_HEAD, Architecture
@@ -70,11 +76,16 @@ class GGUFBackend(Backend):
 
     def __init__(self, target: Target, *, threads: int | None = None, n_ctx: int | None = None,
                  n_batch: int | None = None, flash_attn: bool = False):
-        from ...exporters.gguf.reader import read_gguf
+        from ...exporters.gguf.reader import not_a_model, read_gguf
 
         # koquant's bounded header parser first: a corrupt, truncated or hostile header (huge lengths,
         # impossible shapes) stops here with a clear message and never reaches llama.cpp's loader
-        meta = read_gguf(target.model).metadata
+        gguf = read_gguf(target.model)
+        why = not_a_model(gguf)
+        if why is not None:
+            raise LoadError(f"{Path(target.model).name} is {why}",
+                            hint="load a model .gguf file (an export folder holds one per quant type)")
+        meta = gguf.metadata
         lib = self._lib = _llama_cpp()
         self.path = Path(target.model)
         self._model = self._ctx = None
