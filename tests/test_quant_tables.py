@@ -272,9 +272,60 @@ def test_lossless_top1_flips_within_the_logit_bound_are_near_ties():
     bound = thresholds_for("F16").max_abs_max
     base = {"positions": 1024, "top1": 0.998, "kl_mean": 1e-7, "kl_p99": 1e-6, "kl_max": 1e-5,
             "max_abs_diff": bound / 2}
-    assert judge("F16", {**base, "top1_flip_margin": 1.9 * bound}, True)["passed"]
-    verdict = judge("F16", {**base, "top1_flip_margin": 2.1 * bound}, True)
+    assert judge("F16", {**base, "top1_flip_margin": 1.9 * bound}, True, gate="strict")["passed"]
+    verdict = judge("F16", {**base, "top1_flip_margin": 2.1 * bound}, True, gate="strict")
     assert not verdict["passed"] and "top-1 agreement" in verdict["failures"][0]
     # quantized types have no logit bound: their top-1 threshold always applies
-    q = judge("Q4_K_M", {**base, "top1": 0.5, "top1_flip_margin": 0.0, "kl_mean": 0.01}, True)
+    q = judge("Q4_K_M", {**base, "top1": 0.5, "top1_flip_margin": 0.0, "kl_mean": 0.01}, True, gate="strict")
     assert not q["passed"]
+
+
+_METRICS = {"positions": 1024, "top1": 0.80, "kl_mean": 0.20, "kl_p99": 1.5, "kl_max": 4.0,
+            "max_abs_diff": 3.0, "max_abs_diff_p99": 2.0, "top1_flip_margin": 2.0, "nonfinite_positions": 0}
+
+
+def test_user_gate_judges_a_quantized_file_against_the_plain_tools():
+    """Publish what is no worse than the plain tool's file of the type (within the stated tolerance), with its
+    ratio; refuse what is worse, naming the plain file and with its own hint. Fixed bounds are --gate strict."""
+    from koquant.exporters.gate import HINTS, PLAIN_TOLERANCE, judge
+
+    plain = {"quant": "Q3_K_M", "tool": "llama.cpp's plain Q3_K_M (no importance matrix)", "kl_mean": 0.29,
+             "top1": 0.75, "kl_p99": 2.0}
+    ok = judge("Q3_K_M", _METRICS, True, plain=plain)
+    assert ok["passed"] and ok["rule"].startswith("plain tool") and abs(ok["kl_vs_plain"] - 0.20 / 0.29) < 1e-12
+    # the same numbers fail the fixed bounds (top-1 0.80 >= 0.75 passes there, KL 0.20 <= 0.3 passes: use Q4_K_M's)
+    strict = judge("Q4_K_M", _METRICS, True, gate="strict")
+    assert not strict["passed"] and strict["hints"] == [HINTS["strict"]] * len(strict["failures"])
+    worse = judge("Q3_K_M", {**_METRICS, "kl_mean": 0.29 * (1 + PLAIN_TOLERANCE) + 0.01}, True, plain=plain)
+    assert not worse["passed"] and "plain Q3_K_M" in worse["failures"][0] and worse["hints"] == [HINTS["plain"]]
+    within = judge("Q3_K_M", {**_METRICS, "kl_mean": 0.29 * (1 + PLAIN_TOLERANCE) - 0.001}, True, plain=plain)
+    assert within["passed"]
+    # no plain file of a type that needs an importance matrix: the fixed bounds apply
+    iq = judge("IQ2_XXS", {**_METRICS, "kl_mean": 1.5}, True)
+    assert not iq["passed"] and iq["rule"] == "fixed bounds"
+
+
+def test_user_gate_refuses_broken_files_whatever_their_distances():
+    from koquant.exporters.gate import HINTS, judge
+
+    plain = {"quant": "Q4_K_M", "tool": "plain", "kl_mean": 10.0, "top1": 0.1, "kl_p99": 20.0}
+    nan = judge("Q4_K_M", {**_METRICS, "nonfinite_positions": 3}, True, plain=plain)
+    assert not nan["passed"] and "NaN or inf at 3 of 1024" in nan["failures"][0] and nan["hints"] == [HINTS["nonfinite"]]
+    ids = judge("Q4_K_M", _METRICS, False, plain=plain, id_mismatch="token ids differ at position 7")
+    assert not ids["passed"] and ids["failures"] == ["token ids differ at position 7"] and ids["hints"] == [HINTS["ids"]]
+    tpl = judge("Q4_K_M", _METRICS, True, [("the GGUF's chat template differs", HINTS["template"])], plain=plain)
+    assert not tpl["passed"] and tpl["hints"] == [HINTS["template"]] and tpl["rule"] == "broken"
+    # a lossless type is judged by its KL bound, not by an absolute logit difference tuned on bf16 values
+    f16 = {**_METRICS, "top1": 0.996, "kl_mean": 2e-6, "max_abs_diff": 0.07}
+    assert judge("F16", f16, True)["passed"] and not judge("F16", f16, True, gate="strict")["passed"]
+    assert judge("F16", {**f16, "kl_mean": 0.01}, True)["hints"] == [HINTS["lossless"]]
+
+
+def test_token_mismatch_names_the_first_differing_position_and_its_text():
+    from koquant.exporters.gate import token_mismatch
+
+    decode = lambda ids: "".join(chr(0xAC00 + i) for i in ids)  # noqa: E731 (ids -> Hangul syllables)
+    msg = token_mismatch([1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 5, 6], decode)
+    assert "at position 3" in msg and "source 4 '" + chr(0xAC04) + "'" in msg and "export 9" in msg
+    assert "differ" in token_mismatch([1, 2], [1, 2, 3], decode) and "3 ids instead of 2" in token_mismatch(
+        [1, 2], [1, 2, 3], decode)

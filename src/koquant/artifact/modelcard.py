@@ -42,16 +42,22 @@ def render_model_card(m: Manifest | dict, *, library: str | None = None, usage: 
         "",
         "## Validation",
         "",
-        "| file | quant | size | top-1 agreement | mean KL | p99 KL | max abs logit diff | token ids identical | passed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| file | quant | size | top-1 agreement | mean KL | p99 KL | max abs logit diff | vs the plain tool "
+        "| token ids identical | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in m.files:
         v = f.validation
         lines.append(
             f"| {f.path} | {f.quant} | {_size(f.size)} | {v['top1']:.4f} | {v['kl_mean']:.3g} | "
-            f"{v['kl_p99']:.3g} | {v['max_abs_diff']:.3g} | {'yes' if v['token_ids_identical'] else 'NO'} | "
-            f"{'yes' if v['passed'] else 'NO'} |"
+            f"{v['kl_p99']:.3g} | {v['max_abs_diff']:.3g} | {_vs_plain(v)} | "
+            f"{'yes' if v['token_ids_identical'] else 'NO'} | {'yes' if v['passed'] else 'NO'} |"
         )
+    plains = [(f.path, f.validation["plain"]) for f in m.files if f.validation.get("plain")]
+    if plains:
+        lines += ["", "\"vs the plain tool\": the file's mean KL divided by that of the file the plain tool makes of "
+                  "the same type on the same positions (below 1: better than it):", ""]
+        lines += [f"- {path}: {p['tool']}, mean KL {p['kl_mean']:.3g}, top-1 {p['top1']:.4f}" for path, p in plains]
     fallbacks = [(f.path, fb) for f in m.files for fb in f.fallbacks]
     if fallbacks:
         lines += ["", "## Per-tensor fallbacks", ""]
@@ -72,6 +78,14 @@ def render_model_card(m: Manifest | dict, *, library: str | None = None, usage: 
     lines += ["", "## Use", "", *usage]
     lines += ["", "The full record (hashes, tool versions, per-tensor types) is in `koquant.json`.", ""]
     return "\n".join(lines)
+
+
+def _vs_plain(v: dict) -> str:
+    """``KL 0.29× of plain Q2_K`` (the user gate's rating), or a dash where nothing was compared."""
+    ratio, plain = v.get("kl_vs_plain"), v.get("plain")
+    if ratio is None or not plain:
+        return "–"
+    return f"KL {ratio:.2f}× of plain {plain['quant']}"
 
 
 def write_model_card(folder: Path, manifest: Manifest | dict, *, library: str | None = None,

@@ -56,6 +56,9 @@ def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
     p.add_argument("--no-imatrix", action="store_true", help="GGUF: do not apply the importance matrix")
     p.add_argument("--eval-ctx", type=int, default=256, help="tokens per held-out validation chunk (default 256)")
     p.add_argument("--eval-chunks", type=int, default=4, help="held-out validation chunks (default 4)")
+    p.add_argument("--gate", choices=("user", "strict"), default="user",
+                   help="validation: 'user' (default) refuses broken files and ones worse than the plain tool "
+                        "makes of the same type; 'strict' applies koquant's fixed bounds per type")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: all cores)")
     p.add_argument("--name", help="base name of the exported files (default: the model folder's name)")
     p.add_argument("--base-model", help="hub id written as base_model in the model card")
@@ -76,6 +79,9 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     _common(p, None)
     p.add_argument("--int4-algo", help="ONNX int4: gptq (Korean-calibrated, default), rtn or k_quant")
     p.add_argument("--block-size", type=int, help="ONNX int4/int8: MatMulNBits block size, 16-256 (default 32)")
+    p.add_argument("--lm-head", choices=("int4", "int8", "float"),
+                   help="ONNX int4: precision of the output projection, and of a tied embedding's lm_head "
+                        "(default int8; int4 is the builder's own default)")
     p.add_argument("--accuracy-level", type=int,
                    help="ONNX int4/int8: 4 = int8 activations (default, fastest on CPU), 1 = fp32 activations")
     p.add_argument("--bits", type=int, help="GPTQ: weight width, 4 (default) or 8")
@@ -126,6 +132,7 @@ def main_export(args: argparse.Namespace) -> int:
             calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
             calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
             eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
+            gate=args.gate,
         )
         from ..exporters.pipeline import export
 

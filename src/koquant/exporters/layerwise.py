@@ -144,6 +144,18 @@ class LayerwiseModel:
         self._where = self._weight_map()
         tied = getattr(self.model, "_tied_weights_keys", None) or {}
         self._tied = dict(tied) if isinstance(tied, dict) and getattr(self.config, "tie_word_embeddings", False) else {}
+        #: (parameter name, float32 tensor) -> tensor, applied to every weight as it is loaded (see ``transformed``)
+        self.weight_transform = None
+
+    @contextmanager
+    def transformed(self, fn):
+        """Run the model with every weight passed through ``fn(name, tensor)`` as it is loaded: e.g. weights
+        rounded to a quantization grid, to measure round-to-nearest without writing a file."""
+        self.weight_transform = fn
+        try:
+            yield self
+        finally:
+            self.weight_transform = None
 
     # ------------------------------------------------------------------ weights
     def _weight_map(self) -> dict[str, Path]:
@@ -198,6 +210,8 @@ class LayerwiseModel:
     def _load(self, prefix: str) -> None:
         module = self.model.get_submodule(prefix)
         state = {n: self._tensor(f"{prefix}.{n}") for n, _ in module.named_parameters()}
+        if self.weight_transform is not None:
+            state = {n: self.weight_transform(f"{prefix}.{n}", t) for n, t in state.items()}
         module.load_state_dict(state, assign=True, strict=True)
 
     def _drop(self, prefix: str) -> None:

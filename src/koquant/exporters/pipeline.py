@@ -96,16 +96,24 @@ def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force:
         manifest = build_manifest(ctx, files, base_model, exporter.tool_packages)
         failed = [f for f in files if not f.validation.get("passed")]
         if failed:
-            raise ValidationError(
-                "validation failed; nothing was written:\n"
-                + "\n".join(f"  {f.path}: {'; '.join(f.validation['failures'])}" for f in failed),
-                hint="try a higher-precision quant type, or check the source model loads and generates sensibly",
-            )
+            raise validation_failure(failed)
         exporter.finalize(ctx, manifest)
         write_model_card(tmp, manifest, library=exporter.format.library, usage=exporter.usage(manifest))
         manifest.inventory = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
         write_manifest(tmp, manifest)
     return Artifact(out, manifest)
+
+
+def validation_failure(failed: list[ArtifactFile]) -> ValidationError:
+    """One error for every refused file: each failure on its own line with its own hint."""
+    lines, hints = ["validation failed; nothing was written:"], []
+    for f in failed:
+        v = f.validation
+        for msg, hint in zip(v["failures"], v.get("hints") or [None] * len(v["failures"])):
+            lines.append(f"  {f.path}: {msg}")
+            if hint and hint not in hints:
+                hints.append(hint)
+    return ValidationError("\n".join(lines), hint="\n  hint: ".join(hints) or None)
 
 
 def check_calibration_template(ckpt: Checkpoint, calibration: TextSet) -> None:

@@ -8,6 +8,9 @@ from ..errors import RecipeError
 
 RECIPE_VERSION = 1
 
+#: How the validation gate judges an export (koquant.exporters.gate).
+GATE_MODES = ("user", "strict")
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -23,6 +26,7 @@ class Recipe:
     threads: int = 0  # 0: all cores
     name: str | None = None  # artifact base name; default: the model folder's name
     params: dict = field(default_factory=dict)  # format-specific options
+    gate: str = "user"  # "user": refuse broken files and ones worse than the plain tool's; "strict": fixed bounds
 
     def __post_init__(self):
         if not self.quants:
@@ -35,6 +39,8 @@ class Recipe:
             raise RecipeError("calib_ctx must be at least 16 tokens (llama.cpp ignores shorter batches)")
         if self.threads < 0:
             raise RecipeError("threads must be >= 0 (0 uses every core)")
+        if self.gate not in GATE_MODES:
+            raise RecipeError(f"unknown gate {self.gate!r}", hint="use --gate " + " or --gate ".join(GATE_MODES))
         if len(set(self.quants)) != len(self.quants):
             raise RecipeError(f"quant types repeat: {', '.join(self.quants)}")
 

@@ -236,10 +236,12 @@ def real_model(name: str = DEFAULT_REAL_MODEL, *, dtype: str = "bfloat16", progr
     if dtype not in ("bfloat16", "float32"):
         raise KoquantError(f"dtype {dtype!r} is not offered", hint="use bfloat16 or float32")
     model = _get(name)
-    dest = _root() / model.name / f"hf-{dtype}-v{BUILD_VERSION}"
+    # named like the model (exports are named after the folder): gemma-3-270m, gemma-3-270m-float32
+    dest = _root() / model.name / f"hf-v{BUILD_VERSION}" / (model.name if dtype == "bfloat16" else f"{model.name}-{dtype}")
     if (dest / "config.json").is_file() and (dest / "koquant-real-model.json").is_file():
         return dest
     gguf = real_model_gguf(name, progress=progress)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".hf-") as tmp:
         work = Path(tmp) / "model"
         _convert(model, gguf, work, dtype, progress)

@@ -22,7 +22,7 @@ from ...errors import RecipeError
 from ...quant_recipes.gguf import FILE_TYPES
 from ...source.checkpoint import sha256_file
 from .. import Exporter
-from ..gate import compare_logits, judge
+from ..gate import HINTS, compare_logits, judge, token_mismatch
 from . import llamacpp
 from .imatrix import compute_imatrix
 
@@ -104,10 +104,37 @@ class GGUFExporter(Exporter):
                 files.append(af)
                 advance()
 
-        with ctx.task("validating against the source", len(files)) as advance:
+        # the user gate's yardsticks: the lossless base file (a converter fault shows there first) and, for each
+        # file quantized with the importance matrix, llama.cpp's plain file of the same type
+        plain_quants = [af.quant for af in files if recipe.gate == "user" and imatrix is not None
+                        and FILE_TYPES[af.quant].quantized and not FILE_TYPES[af.quant].needs_imatrix]
+        with ctx.task("validating against the source", len(files) + len(plain_quants) + 1) as advance:
             ref_logits = ref.logits
+            base_measured = base_verdict = None
+            if recipe.gate == "user" or base_quant in recipe.quants:
+                base_measured = self.measure(base, ctx, ref_logits)
+                base_verdict = self.judge_measured(base_quant, base_measured, ctx, gate="user")
+            advance()
+            plain = {}
+            for quant in plain_quants:
+                plain_path = ctx.work / f"plain-{quant}.gguf"
+                with procs.step("llama.cpp", f"quantizing the plain {quant} (no importance matrix)"):
+                    llamacpp.quantize(base, plain_path, quant, imatrix=None, nthread=recipe.threads)
+                m = self.measure(plain_path, ctx, ref_logits)["metrics"]
+                plain[quant] = _plain_record(quant, m, "no importance matrix")
+                plain_path.unlink()
+                advance()
             for af in files:
-                af.validation = self.validate(ctx.out / af.path, af.quant, ctx, ref_logits)
+                measured = base_measured if af.quant == base_quant else self.measure(ctx.out / af.path, ctx, ref_logits)
+                yardstick = plain.get(af.quant)
+                if imatrix is None and FILE_TYPES[af.quant].quantized:  # this file is llama.cpp's plain one
+                    yardstick = _plain_record(af.quant, measured["metrics"], "this file: no importance matrix")
+                af.validation = self.judge_measured(af.quant, measured, ctx, (), yardstick)
+                if af.validation["passed"] and base_verdict is not None and not base_verdict["passed"]:
+                    # a converter fault hides in the plain yardstick too (it is made from the same base)
+                    extra = [(f"the lossless {base_quant} conversion it was quantized from differs from the source "
+                              f"({'; '.join(base_verdict['failures'])})", base_verdict["hints"][0])]
+                    af.validation = self.judge_measured(af.quant, measured, ctx, extra, yardstick)
                 advance()
         for af in files:
             af.size = (ctx.out / af.path).stat().st_size
@@ -118,27 +145,44 @@ class GGUFExporter(Exporter):
         first = manifest.files[0].path
         return ["```sh", f"koquant chat {first}", f"llama-cli -m {first}  # llama.cpp", "```"]
 
-    def validate(self, path: Path, quant: str, ctx, ref_logits: list[np.ndarray]) -> dict:
+    def measure(self, path: Path, ctx, ref_logits: list[np.ndarray]) -> dict:
+        """Load ``path`` with llama.cpp and compare its held-out logits and token ids with the source's."""
         ref = ctx.reference
-        failures = []
-        template = llamacpp.gguf_metadata_string(path, "tokenizer.chat_template")
-        if ctx.ckpt.chat_template is not None and template != ctx.ckpt.chat_template:
-            failures.append("the GGUF's chat template differs from the source's")
         # llama.cpp runs in a child: a crash in its native code is reported, and nothing is published
         job = {"path": str(path), "n_ctx": ctx.recipe.eval_ctx, "threads": ctx.recipe.threads or os.cpu_count() or 1,
                "text": ref.heldout.plain_text(), "chunks": [list(map(int, c)) for c in ref.eval_chunks.ids],
                "out": str(ctx.work)}
         out = procs.run("koquant.exporters.gguf.llamacpp:heldout_logits", job, backend="llama.cpp",
                         step=f"validating {path.name}", work=ctx.work)
-        same_ids = out["ids"] == ref.heldout_ids
         got = [np.load(f) for f in out["logits"]]
         for f in out["logits"]:
             Path(f).unlink()
-        metrics = compare_logits(ref_logits, got)
-        verdict = judge(quant, metrics, same_ids, failures, routed=ctx.ckpt.architecture.experts)
+        return {"metrics": compare_logits(ref_logits, got), "ids": out["ids"],
+                "template": llamacpp.gguf_metadata_string(path, "tokenizer.chat_template")}
+
+    def judge_measured(self, quant: str, measured: dict, ctx, extra=(), plain: dict | None = None,
+                       gate: str | None = None) -> dict:
+        ref, template = ctx.reference, measured["template"]
+        failures = list(extra)
+        template_ok = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
+        if not template_ok:
+            failures.append(("the GGUF's chat template differs from the source's", HINTS["template"]))
+        same_ids = measured["ids"] == ref.heldout_ids
+        mismatch = None if same_ids else token_mismatch(ref.heldout_ids, measured["ids"], ref.tokenizer.decode)
+        verdict = judge(quant, measured["metrics"], same_ids, failures, routed=ctx.ckpt.architecture.experts,
+                        gate=gate or ctx.recipe.gate, plain=plain, id_mismatch=mismatch)
         verdict["heldout_tokens"] = len(ref.heldout_ids)
-        verdict["chat_template_identical"] = ctx.ckpt.chat_template is None or template == ctx.ckpt.chat_template
+        verdict["chat_template_identical"] = template_ok
         return verdict
+
+    def validate(self, path: Path, quant: str, ctx, ref_logits: list[np.ndarray]) -> dict:
+        """One file's verdict on its own (no plain file to compare with)."""
+        return self.judge_measured(quant, self.measure(path, ctx, ref_logits), ctx)
+
+
+def _plain_record(quant: str, metrics: dict, how: str) -> dict:
+    return {"quant": quant, "tool": f"llama.cpp's plain {quant} ({how})",
+            **{k: metrics[k] for k in ("kl_mean", "kl_p99", "top1")}}
 
 
 def _copy_tokenizer(ctx) -> None:

@@ -35,7 +35,7 @@ from ...quant_recipes import gptq as variants
 from ...quant_recipes.gptq import parse_quant, quant_name
 from .. import Exporter, option_names, recipe_options
 from .loading import needs_defuser
-from ..gate import compare_logits, judge
+from ..gate import HINTS, compare_logits, judge, token_mismatch
 
 GPTQMODEL_PINNED = "7.6.0"
 DEFAULT_DAMP = 0.05  # GPTQModel's default: Hessian dampening as a fraction of its mean diagonal
@@ -185,8 +185,10 @@ class GPTQExporter(Exporter):
                         f"{'act-order' if opts.act_order else 'no act-order'}, {'symmetric' if opts.sym else 'asymmetric'}, "
                         f"dampening {opts.damp}, {f'scale search (mse {opts.mse})' if opts.mse else 'min/max scales'}, "
                         f"calibrated on {ctx.calibration.name}")
-        with ctx.task("validating against the source", 1) as advance:
-            af.validation = self.validate(ctx, opts.quant)
+        with ctx.task("validating against the source", 2 if ctx.recipe.gate == "user" else 1) as advance:
+            plain = self.plain_rtn(ctx, opts) if ctx.recipe.gate == "user" else None
+            advance()
+            af.validation = self.validate(ctx, opts.quant, plain)
             advance()
         from ...source.safetensors import read_safetensors_header
 
@@ -232,7 +234,18 @@ class GPTQExporter(Exporter):
         ]
         return lines
 
-    def validate(self, ctx, quant: str) -> dict:
+    def plain_rtn(self, ctx, opts) -> dict:
+        """The user gate's yardstick: round-to-nearest on the same grid (bits, groups, symmetry), no calibration."""
+        from .rtn import rtn_transform
+
+        ref = ctx.reference
+        fn = rtn_transform(ctx.ckpt.architecture, opts.bits, opts.group_size, opts.sym)
+        with ref.layerwise.transformed(fn) as lw:
+            m = compare_logits(ref.logits, lw.logits(ref.eval_chunks.ids))
+        return {"quant": opts.quant, "tool": f"round-to-nearest on the same grid ({opts.quant}, "
+                f"{'symmetric' if opts.sym else 'asymmetric'})", **{k: m[k] for k in ("kl_mean", "kl_p99", "top1")}}
+
+    def validate(self, ctx, quant: str, plain: dict | None = None) -> dict:
         import numpy as np
         from transformers import AutoTokenizer
 
@@ -244,11 +257,14 @@ class GPTQExporter(Exporter):
         got = list(np.load(job["logits"]))
         metrics = compare_logits(ref.logits, got)
         folder_tok = AutoTokenizer.from_pretrained(ctx.out, model_max_length=10**9)
-        same_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"]) == ref.heldout_ids
+        folder_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"])
+        same_ids = folder_ids == ref.heldout_ids
         template_file = ctx.out / "chat_template.jinja"
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else folder_tok.chat_template
         template_ok = ckpt.chat_template is None or template == ckpt.chat_template
-        verdict = judge(quant, metrics, same_ids, [] if template_ok else ["the export's chat template differs"])
+        mismatch = None if same_ids else token_mismatch(ref.heldout_ids, folder_ids, ref.tokenizer.decode)
+        failures = [] if template_ok else [("the export's chat template differs from the source's", HINTS["template"])]
+        verdict = judge(quant, metrics, same_ids, failures, gate=ctx.recipe.gate, plain=plain, id_mismatch=mismatch)
         load = json.loads(Path(job["info"]).read_text(encoding="utf-8"))
         verdict.update(heldout_tokens=len(ref.heldout_ids), chat_template_identical=template_ok,
                        loaded_with="transformers AutoModelForCausalLM.from_pretrained(device_map='cpu')",

@@ -30,6 +30,18 @@ ACCURACY_LEVELS = {1: "fp32 activations", 4: "int8 activations, the CPU default 
 # koquant's name -> the builder's algo_config for its own MatMulNBits pass
 BUILDER_ALGOS = {"rtn": "default", "k_quant": "k_quant"}
 
+#: The int4 model's output projection (lm_head) as the builder's options make it. The builder's default
+#: quantizes it to int4 like every MatMul, and for tied embeddings shares one int4 matrix between the
+#: embedding and lm_head. Otherwise the two are separate: the embedding an int4 GatherBlockQuantized (the
+#: only width that op has), lm_head int8 or float.
+LM_HEAD_OPTIONS = {
+    "int4": {},
+    "int8": {"shared_embeddings": "false", "op_types_to_quantize": "MatMul/Gather",
+             "matmul_mixed_precision": "last_matmul:int8"},
+    "float": {"shared_embeddings": "false", "op_types_to_quantize": "MatMul/Gather",
+              "nodes_to_exclude": "/lm_head/MatMul"},
+}
+
 
 def check_architecture(hf_class: str) -> None:
     if hf_class not in BUILDER_ARCHITECTURES:
@@ -105,7 +117,8 @@ def stage_input(source: Path, work: Path) -> tuple[Path, list[str]]:
 
 
 def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: int | None = None,
-          accuracy_level: int | None = None, algo: str | None = None, log: Path | None = None) -> None:
+          accuracy_level: int | None = None, algo: str | None = None, lm_head: str = "int4",
+          log: Path | None = None) -> None:
     """Run the builder: ``source`` (HF folder) -> ``out`` (model.onnx, genai_config.json, tokenizer files).
 
     Sliding-window layers get a KV cache as long as the others' (``windowed_kv_cache=false``; a no-op for
@@ -121,6 +134,8 @@ def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: i
             options["accuracy_level"] = accuracy_level
         if algo is not None:
             options["algo_config"] = BUILDER_ALGOS[algo]
+    if precision == "int4":
+        options.update(LM_HEAD_OPTIONS[lm_head])
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(source), "-o", str(out),
            "-p", precision, "-e", "cpu", "-c", str(cache)]
     if options:

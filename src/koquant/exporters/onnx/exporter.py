@@ -31,7 +31,7 @@ from ...source.architectures import Architecture
 from ...quant_recipes.onnx import PRECISIONS
 from ...source.checkpoint import sha256_file
 from .. import Exporter, option_names, recipe_options
-from ..gate import compare_logits, judge
+from ..gate import HINTS, compare_logits, judge, token_mismatch
 from . import builder, genai
 from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
 from .parity import common_prefix, hf_greedy
@@ -47,6 +47,7 @@ class OnnxOptions:
     int4_algo: str = DEFAULT_INT4_ALGO
     block_size: int = 32
     accuracy_level: int = 4
+    lm_head: str = "int8"
 
     @classmethod
     def from_recipe(cls, recipe) -> "OnnxOptions":
@@ -67,7 +68,11 @@ class OnnxOptions:
         if level not in builder.ACCURACY_LEVELS:
             raise RecipeError(f"accuracy level {level} is not available on the CPU execution provider",
                               hint="; ".join(f"{k}: {v}" for k, v in builder.ACCURACY_LEVELS.items()))
-        return cls(algo, block, level)
+        lm_head = params.get("lm_head", "int8")
+        if lm_head not in builder.LM_HEAD_OPTIONS:
+            raise RecipeError(f"unknown lm_head precision {lm_head!r}",
+                              hint="choose one of " + ", ".join(builder.LM_HEAD_OPTIONS))
+        return cls(algo, block, level, lm_head)
 
 
 class _SourceWeights(Mapping):
@@ -129,17 +134,26 @@ class ONNXExporter(Exporter):
                 # int4 gptq starts from the builder's round-to-nearest graph and replaces its codes
                 algo = ("rtn" if opts.int4_algo == "gptq" else opts.int4_algo) if quant == "int4" else None
                 builder.build(source, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
-                                 accuracy_level=opts.accuracy_level, algo=algo, log=ctx.work / f"builder-{quant}.log")
+                                 accuracy_level=opts.accuracy_level, algo=algo, lm_head=opts.lm_head,
+                                 log=ctx.work / f"builder-{quant}.log")
                 af = ArtifactFile(f"{quant}/{MODEL_FILE}", quant)
                 af.notes.append(_describe(quant, opts))
                 files.append(af)
                 advance()
+        plain = {}
+        if gptq and recipe.gate == "user":  # the user gate's yardstick: the builder's own int4, before GPTQ
+            with ctx.step("measuring the builder's plain int4 (round-to-nearest)"):
+                m = self._measure(ctx, ctx.out / "int4", "int4")["metrics"]
+            plain["int4"] = {"quant": "int4", "tool": f"the model builder's plain int4 (round-to-nearest, "
+                             f"block {opts.block_size})", **{k: m[k] for k in ("kl_mean", "kl_p99", "top1")}}
         if gptq:
             self._gptq(ctx, opts)
         parity = self._runtime_parity(ctx, ctx.out / recipe.quants[0])
         with ctx.task("validating against the source", len(files)) as advance:
             for af in files:
-                af.validation = self.validate(ctx, ctx.out / af.quant, af.quant)
+                # int8, and int4 by rtn / k_quant, are the builder's own files: their own yardstick
+                own = af.quant == "int8" or (af.quant == "int4" and not gptq)
+                af.validation = self.validate(ctx, ctx.out / af.quant, af.quant, plain.get(af.quant), own=own)
                 advance()
         for af in files:
             folder = ctx.out / af.quant
@@ -173,7 +187,20 @@ class ONNXExporter(Exporter):
         return _run_genai(ctx, folder, {"parity": parity}, "comparing its tokenizer with the source's")["parity"]
 
     # ------------------------------------------------------------------ gate
-    def validate(self, ctx, folder: Path, quant: str) -> dict:
+    def _measure(self, ctx, folder: Path, quant: str) -> dict:
+        """The folder's logits on the held-out chunks and its greedy continuation, run by onnxruntime-genai."""
+        ref = ctx.reference
+        prompt = ref.heldout_ids[:GREEDY_PROMPT]
+        job = {"chunks": [list(map(int, c)) for c in ref.eval_chunks.ids], "prompt": prompt,
+               "new_tokens": GREEDY_TOKENS, "quant": quant, "out": str(ctx.work)}
+        run = _run_genai(ctx, folder, job, f"validating {quant}")
+        got = [np.load(f) for f in run["logits"]]
+        for f in run["logits"]:
+            Path(f).unlink()
+        return {"metrics": compare_logits(ref.logits, got), "greedy": run["greedy"], "prompt": prompt}
+
+    def validate(self, ctx, folder: Path, quant: str, plain: dict | None = None, own: bool = False) -> dict:
+        """``plain``: the builder's own file of this type, measured; ``own``: this file is the builder's own."""
         from transformers import AutoTokenizer
 
         ref, ckpt = ctx.reference, ctx.ckpt
@@ -182,26 +209,26 @@ class ONNXExporter(Exporter):
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else None
         template_ok = ckpt.chat_template is None or template == ckpt.chat_template
         if not template_ok:
-            failures.append("the export's chat_template.jinja differs from the source's chat template")
+            failures.append(("the export's chat_template.jinja differs from the source's chat template",
+                             HINTS["template"]))
         # koquant's runtime tokenizes with the folder's tokenizer through transformers: it must give the source ids
         folder_tok = AutoTokenizer.from_pretrained(folder, model_max_length=10**9)  # no "longer than" warning
-        same_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"]) == ref.heldout_ids
-        prompt = ref.heldout_ids[:GREEDY_PROMPT]
-        job = {"chunks": [list(map(int, c)) for c in ref.eval_chunks.ids], "prompt": prompt,
-               "new_tokens": GREEDY_TOKENS, "quant": quant, "out": str(ctx.work)}
-        run = _run_genai(ctx, folder, job, f"validating {quant}")
-        got = [np.load(f) for f in run["logits"]]
-        for f in run["logits"]:
-            Path(f).unlink()
-        runtime = run["greedy"]
+        folder_ids = list(folder_tok(ref.heldout.plain_text())["input_ids"])
+        same_ids = folder_ids == ref.heldout_ids
+        measured = self._measure(ctx, folder, quant)
+        runtime, prompt, metrics = measured["greedy"], measured["prompt"], measured["metrics"]
         # the greedy check needs the whole source model; loaded first, it also gives ref.logits (no layerwise pass)
         source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, _eos_ids(folder))
-        metrics = compare_logits(ref.logits, got)
         greedy = {"prompt_tokens": len(prompt), "new_tokens": len(source), "identical": runtime == source,
                   "identical_prefix": common_prefix(runtime, source)}
         if quant == "fp32" and runtime != source:
-            failures.append(f"greedy continuation differs from the source after {greedy['identical_prefix']} tokens")
-        verdict = judge(quant, metrics, same_ids, failures)
+            failures.append((f"greedy continuation differs from the source after {greedy['identical_prefix']} tokens",
+                             HINTS["lossless"]))
+        if own:
+            plain = {"quant": quant, "tool": f"the model builder's plain {quant} (this file)",
+                     **{k: metrics[k] for k in ("kl_mean", "kl_p99", "top1")}}
+        mismatch = None if same_ids else token_mismatch(ref.heldout_ids, folder_ids, ref.tokenizer.decode)
+        verdict = judge(quant, metrics, same_ids, failures, gate=ctx.recipe.gate, plain=plain, id_mismatch=mismatch)
         verdict.update(heldout_tokens=len(ref.heldout_ids), chat_template_identical=template_ok, greedy=greedy,
                        ids_fed="source tokenizer")
         return verdict
@@ -258,7 +285,9 @@ def _describe(quant: str, opts: OnnxOptions) -> str:
     if quant == "int4":
         how = {"gptq": "GPTQ on Korean calibration text", "rtn": "round-to-nearest (the builder's default quantizer)",
                "k_quant": "k-quant (the builder's k_quant quantizer)"}[opts.int4_algo]
-        return f"int4 MatMulNBits, block {opts.block_size}, {how}, {level}"
+        head = {"int4": "lm_head int4 (the builder's default)", "int8": "lm_head int8 (round-to-nearest)",
+                "float": "lm_head in float"}[opts.lm_head]
+        return f"int4 MatMulNBits, block {opts.block_size}, {how}, {head}, {level}"
     if quant == "int8":
         return f"int8 MatMulNBits, block {opts.block_size}, round-to-nearest, {level}"
     return f"{quant} weights and activations"
