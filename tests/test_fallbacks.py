@@ -44,7 +44,9 @@ def test_fallbacks_are_reported_per_tensor(tmp_path):
 
 def test_model_card_lists_fallbacks():
     file = {"path": "m-Q4_K_M.gguf", "quant": "Q4_K_M", "size": 1000, "fallbacks": [
-        {"tensor": "blk.0.ffn_down.weight", "ncols": 640, "wanted": "q6_K", "used": "q8_0", "block": 256}],
+        {"tensor": "blk.0.ffn_down.weight", "ncols": 640, "wanted": "q6_K", "used": "q8_0", "block": 256},
+        {"tensor": "blk.1.ffn_down.weight", "ncols": 640, "wanted": "q6_K", "used": "q8_0", "block": 256},
+        {"tensor": "blk.1.attn_q.weight", "ncols": 640, "wanted": "q4_K", "used": "q5_0", "block": 256}],
         "validation": {"top1": 1.0, "kl_mean": 0.0, "kl_p99": 0.0, "max_abs_diff": 0.0,
                        "token_ids_identical": True, "passed": True}}
     manifest = {"format": "gguf", "name": "m", "source": {"base_model": "x", "name": "x", "architecture": "A",
@@ -54,4 +56,6 @@ def test_model_card_lists_fallbacks():
                 "chat_template": {"sha256": None}}
     card = render_model_card(manifest)
     assert "## Per-tensor fallbacks" in card
-    assert "`blk.0.ffn_down.weight` wanted q6_K, used q8_0 (ncols 640 not divisible by 256)" in card
+    # grouped: one line per (wanted, used, width), with the tensor kinds and their count
+    assert "- m-Q4_K_M.gguf: 2 tensors (ffn_down) wanted q6_K, used q8_0 (ncols 640 not divisible by 256)" in card
+    assert "- m-Q4_K_M.gguf: 1 tensor (attn_q) wanted q4_K, used q5_0 (ncols 640 not divisible by 256)" in card

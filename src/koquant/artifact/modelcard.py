@@ -58,11 +58,18 @@ def render_model_card(m: Manifest | dict, *, library: str | None = None, usage: 
         lines += ["", "\"vs the plain tool\": the file's mean KL divided by that of the file the plain tool makes of "
                   "the same type on the same positions (below 1: better than it):", ""]
         lines += [f"- {path}: {p['tool']}, mean KL {p['kl_mean']:.3g}, top-1 {p['top1']:.4f}" for path, p in plains]
-    fallbacks = [(f.path, fb) for f in m.files for fb in f.fallbacks]
-    if fallbacks:
-        lines += ["", "## Per-tensor fallbacks", ""]
-        lines += [f"- {p}: `{fb['tensor']}` wanted {fb['wanted']}, used {fb['used']} "
-                  f"(ncols {fb['ncols']} not divisible by {fb['block']})" for p, fb in fallbacks]
+    if any(f.fallbacks for f in m.files):
+        lines += ["", "## Per-tensor fallbacks", "",
+                  "Tensors whose row length is not a multiple of the type's block get the nearest type that fits "
+                  "(the full list is in `koquant.json`):", ""]
+        for f in m.files:
+            groups: dict[tuple, list[str]] = {}
+            for fb in f.fallbacks:
+                groups.setdefault((fb["wanted"], fb["used"], fb["ncols"], fb["block"]), []).append(fb["tensor"])
+            for (wanted, used, ncols, block), names in groups.items():
+                kinds = sorted({n.split(".", 2)[-1].removesuffix(".weight") for n in names})
+                lines.append(f"- {f.path}: {len(names)} tensor{'s' if len(names) > 1 else ''} ({', '.join(kinds)}) wanted {wanted}, used {used} "
+                             f"(ncols {ncols} not divisible by {block})")
     cal = m.calibration
     lines += ["", "## Recipe", ""]
     r = m.recipe
