@@ -101,6 +101,10 @@ FULL_BASELINE_BYTES = 1 << 30
 TOPK = 4096
 
 
+#: the arrays a baseline of each kind keeps (:class:`BaselineRecorder`), by name
+ROW_ARRAYS = {"full": ("logits",), "topk": ("ids", "logp", "rest", "top1")}
+
+
 def baseline_kind(rows: int, n_vocab: int) -> str:
     """``"full"`` when the baseline's scored rows fit :data:`FULL_BASELINE_BYTES` as float32, else ``"topk"``."""
     return "full" if rows * n_vocab * 4 <= FULL_BASELINE_BYTES or n_vocab <= TOPK else "topk"
@@ -144,7 +148,7 @@ class BaselineRecorder:
             self.top1[at] = np.argmax(rows[s:s + _ROW_BLOCK], axis=-1)
 
     def close(self) -> None:
-        for name in ("logits", "ids", "logp", "rest", "top1"):
+        for name in ROW_ARRAYS[self.kind]:
             arr = getattr(self, name, None)
             if arr is not None:
                 arr.flush()
@@ -157,18 +161,28 @@ def _log_rest(top_logp: np.ndarray) -> np.ndarray:
     return np.log(np.clip(1.0 - covered, 1e-300, None))
 
 
-class Baseline:
-    """The baseline's scored rows as written by :class:`BaselineRecorder`, memory-mapped."""
+def row_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a baseline, memory-mapped: the ``.npy`` files of a :class:`BaselineRecorder` folder, or the
+    tensors of a saved baseline file (:mod:`koquant.bench.baseline`)."""
+    path = Path(path)
+    if path.is_dir():
+        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(path.glob("*.npy"))}
+    from ..source.safetensors import open_memmap, read_safetensors
 
-    def __init__(self, folder: Path):
-        folder = Path(folder)
-        self.kind = "full" if (folder / "logits.npy").exists() else "topk"
-        load = lambda name: np.load(folder / name, mmap_mode="r")  # noqa: E731
+    return {name: open_memmap(path, info) for name, info in read_safetensors(path)[0].items()}
+
+
+class Baseline:
+    """The baseline's scored rows (:func:`row_arrays`), memory-mapped."""
+
+    def __init__(self, path: Path):
+        arrays = row_arrays(path)
+        self.kind = "full" if "logits" in arrays else "topk"
         if self.kind == "full":
-            self.logits = load("logits.npy")
+            self.logits = arrays["logits"]
             self.rows = len(self.logits)
         else:
-            self.ids, self.logp, self.rest, self.top1 = (load(n) for n in ("ids.npy", "logp.npy", "rest.npy", "top1.npy"))
+            self.ids, self.logp, self.rest, self.top1 = (arrays[n] for n in ROW_ARRAYS["topk"])
             self.rows = len(self.ids)
 
     def n_vocab_matches(self, n_vocab: int) -> bool:

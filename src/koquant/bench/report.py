@@ -36,7 +36,9 @@ class Report:
     @classmethod
     def build(cls, *, source, baseline_dtype: str, stored_dtype: str, targets, results: dict, settings: BenchSettings,
               threads: int, text, tokens, mc, machine: dict, versions: dict, wall_s: float,
-              skipped: list[dict] = ()) -> "Report":
+              skipped: list[dict] = (), baseline_file: dict | None = None) -> "Report":
+        """``baseline_file``: :meth:`~koquant.bench.baseline.SavedBaseline.describe` of the baseline file read
+        instead of running the source, if one was."""
         bandwidth = (machine.get("memory_bandwidth") or {}).get("bytes_per_s")
         base = _entry(source, results[source.name], None, bandwidth)
         base["dtype"] = baseline_dtype
@@ -75,7 +77,8 @@ class Report:
         return cls(
             source={"path": str(source.path), "name": Path(source.path).resolve().name, "stored_dtype": stored_dtype,
                     "baseline_dtype": baseline_dtype, "baseline_runtime": "transformers",
-                    "baseline_dtype_is_stored": baseline_dtype == stored_dtype},
+                    "baseline_device": results[source.name].get("device", "cpu"),
+                    "baseline_dtype_is_stored": baseline_dtype == stored_dtype, "baseline_file": baseline_file},
             baseline=base, exports=exports, settings=settings.to_dict() | {"threads": threads}, text=text_info,
             machine=machine, versions=versions, mc=mc_info, skipped=list(skipped), wall_s=wall_s)
 
@@ -114,7 +117,11 @@ class Report:
         lines = [f"# koquant bench: {s['name']}", ""]
         dtype_note = ("the dtype it is stored in" if s["baseline_dtype_is_stored"]
                       else f"--baseline-dtype; it is stored as {s['stored_dtype']}")
-        lines += [f"Baseline: the source checkpoint run by transformers in **{s['baseline_dtype']}** ({dtype_note}). "
+        where = f" on {s.get('baseline_device', 'cpu')}"
+        if s.get("baseline_file"):
+            where += f", read from `{Path(s['baseline_file']['path']).name}` ({s['baseline_file']['saved']})"
+        lines += [f"Baseline: the source checkpoint run by transformers in **{s['baseline_dtype']}** ({dtype_note})"
+                  f"{where}. "
                   f"Text: `{t['name']}` ({t['tokens']} tokens, sha256 `{t['sha256'][:12]}`), tokenized by the source "
                   "tokenizer; every runtime is fed the same ids.", ""]
         if self.skipped:
@@ -157,11 +164,11 @@ class Report:
             head = ["export", "load s", "TTFT ms", *[f"prefill {n} tok/s" for n in n_pre], "decode tok/s", "decode ×",
                     "peak RSS MiB", "bound tok/s", "of bound"]
             lines += [_row(head), _row(["---"] * len(head))]
-            for e in rows:
+            for e in (e for e in rows if "latency" in e):  # a saved baseline has none
                 lat = e["latency"]
                 r = [e["name"], f"{e['load_s']:.2f}", _spread(lat["ttft_s"], 1000, 1),
                      *[_spread(lat[f"prefill_{n}_tok_s"], 1, 0) for n in n_pre], _spread(lat["decode_tok_s"], 1, 1),
-                     f"{e['decode_ratio']:.2f}", f"{e['peak_rss_bytes'] / 2**20:.0f}", f"{e['bound_tok_s']:.0f}",
+                     _f(e["decode_ratio"], 2), f"{e['peak_rss_bytes'] / 2**20:.0f}", f"{e['bound_tok_s']:.0f}",
                      f"{e['bound_fraction']:.0%}"]
                 lines.append(_row(r))
             lines.append("")
@@ -197,7 +204,8 @@ def _entry(target, result: dict, base: dict | None, bandwidth: float | None) -> 
             if k.startswith("prefill_"):
                 e[k] = v["median"]
         e["decode_tok_s"] = lat["decode_tok_s"]["median"]
-        e["decode_ratio"] = e["decode_tok_s"] / base["decode_tok_s"] if base else 1.0
+        e["decode_ratio"] = 1.0 if base is None else (  # None: the baseline was read from a file, not run
+            e["decode_tok_s"] / base["decode_tok_s"] if base.get("decode_tok_s") else None)
         e["peak_rss_bytes"] = result.get("peak_rss_bytes")
         e["rss_after_load_bytes"] = result.get("rss_after_load_bytes")
         e["rss_before_load_bytes"] = result.get("rss_before_load_bytes")

@@ -44,6 +44,8 @@ def run(job: dict) -> dict:
     out["load_s"] = time.perf_counter() - t0
     try:
         out["backend"] = session.backend
+        if "device" in (info := session.info()):
+            out["device"] = info["device"]
         out["threads"] = session.threads
         mem = session.memory()
         out["model_bytes"], out["rss_after_load_bytes"] = mem["model_bytes"], mem["rss_bytes"]

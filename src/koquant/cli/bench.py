@@ -1,4 +1,5 @@
-"""``koquant bench SOURCE_DIR ARTIFACT... -o REPORT_DIR``."""
+"""``koquant bench SOURCE_DIR ARTIFACT... -o REPORT_DIR [--baseline FILE]``, and
+``koquant bench SOURCE_DIR --save-baseline FILE``."""
 
 from __future__ import annotations
 
@@ -9,15 +10,26 @@ from pathlib import Path
 from .console import print_table, progress_bar
 
 _DTYPES = ("float32", "bfloat16", "float16")  # koquant.bench.BASELINE_DTYPES, without importing it for --help
+_DEVICES = ("auto", "cpu", "cuda")  # koquant.runtime.backends.hf.DEVICES, likewise
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source_dir", type=Path, help="the source Hugging Face model folder (the baseline)")
-    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT",
+    p.add_argument("source_dir", type=Path, help="the source Hugging Face model folder (the baseline; with "
+                   "--baseline only its config and tokenizer are read)")
+    p.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
                    help="exports to measure: an artifact folder koquant wrote (every file in it), a .gguf file, "
                    "an ONNX or GPTQ folder")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="REPORT_DIR",
-                   help="report folder: report.md, report.json, report.png (written atomically)")
+    p.add_argument("-o", "--output", type=Path, metavar="REPORT_DIR",
+                   help="report folder: report.md, report.json, report.png (written atomically; not with "
+                   "--save-baseline)")
+    p.add_argument("--save-baseline", type=Path, metavar="FILE",
+                   help="run only the source over the text and save its scored logits to FILE, for --baseline "
+                   "(on CUDA when torch sees a GPU; no ARTIFACT or -o)")
+    p.add_argument("--baseline", type=Path, metavar="FILE",
+                   help="compare with a baseline --save-baseline wrote instead of running the source (whose weights "
+                   "SOURCE_DIR then need not hold)")
+    p.add_argument("--baseline-device", choices=_DEVICES,
+                   help="with --save-baseline: where the source runs (default auto: CUDA when there is one)")
     p.add_argument("--text", metavar="FILE",
                    help="UTF-8 text for perplexity and KL (default: the held-out Korean Constitution)")
     p.add_argument("--threads", type=int, help="CPU threads for every runtime (default: all logical cores)")
@@ -36,12 +48,50 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..bench import BenchError
+
+    if args.save_baseline is not None:
+        return save(args)
+    if args.baseline_device is not None:
+        raise BenchError("--baseline-device applies to --save-baseline only",
+                         hint="a bench runs the source on the CPU beside the exports; drop --baseline-device")
+    if args.output is None:
+        raise BenchError("no report folder given", hint="koquant bench SOURCE_DIR ARTIFACT... -o REPORT_DIR")
     progress = progress_bar()
     report = run_bench(args.source_dir, args.artifacts, args.output, progress=progress, text=args.text, mc=args.mc,
                        force=args.force, threads=args.threads, baseline_dtype=args.baseline_dtype, ctx=args.ctx,
                        chunks=args.chunks, repeats=args.repeats, warmup=args.warmup, decode_tokens=args.decode_tokens,
-                       latency=not args.no_latency)
+                       latency=not args.no_latency, baseline=args.baseline)
     print_summary(report, args.output, args.json)
+    return 0
+
+
+def save(args: argparse.Namespace) -> int:
+    """``--save-baseline FILE``: the source alone, its scored rows written to FILE."""
+    from ..bench import BenchError, save_baseline
+
+    given = [flag for flag, v in (("ARTIFACT", args.artifacts), ("-o", args.output), ("--baseline", args.baseline))
+             if v]
+    if given:
+        raise BenchError(f"--save-baseline runs the source alone; drop {', '.join(given)}",
+                         hint="save, then bench: koquant bench MODEL --save-baseline FILE, then "
+                              "koquant bench MODEL ARTIFACT... --baseline FILE -o REPORT_DIR")
+    progress = progress_bar()
+    with progress:
+        saved = save_baseline(args.source_dir, args.save_baseline, progress=progress, text=args.text, mc=args.mc,
+                              device=args.baseline_device or "auto", force=args.force, threads=args.threads,
+                              baseline_dtype=args.baseline_dtype, ctx=args.ctx, chunks=args.chunks)
+    r = saved.record
+    ch, q = r["chunking"], r["result"]["quality"]
+    summary = {"baseline": str(saved.path), "bytes": saved.path.stat().st_size, "dtype": r["dtype"],
+               "device": r["device"], "ctx": ch["ctx"], "chunks": ch["chunks"], "positions": q["positions"],
+               "kind": r["kind"], "ppl": q["ppl"]}
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        print(f"baseline: {saved.path} ({summary['bytes'] / 2**20:.1f} MiB): the source in {r['dtype']} on "
+              f"{r['device']}, {ch['chunks']} chunks of {ch['ctx']} tokens, {q['positions']} scored positions "
+              f"({'whole logits' if r['kind'] == 'full' else 'top-k log-probs'}), PPL {q['ppl']:.4f}")
     return 0
 
 

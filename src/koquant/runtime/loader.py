@@ -65,7 +65,7 @@ def load(path: str | os.PathLike, *, quant: str | None = None, chat_template: st
     make (an HF folder, a ``.gguf``, an onnxruntime-genai folder). ``quant`` picks one file of an
     artifact holding several (``quant="Q4_K_M"``). ``chat_template`` replaces the model's own.
     ``options``: ``threads``, ``n_ctx`` (all backends), ``dtype`` (transformers: ``float32`` or
-    ``bfloat16``), ``n_batch`` (llama.cpp).
+    ``bfloat16``), ``device`` (transformers: ``cpu``, ``cuda`` or ``auto``), ``n_batch`` (llama.cpp).
     """
     from .session import Session
     from .tokenizer import HFTokenizer

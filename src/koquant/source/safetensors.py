@@ -1,4 +1,4 @@
-"""Bounded, allocation-safe reading of safetensors headers.
+"""Bounded, allocation-safe reading of safetensors headers, and a streaming writer.
 
 The header is read and checked before any backend touches the file, so a corrupt or
 truncated file gets one clear message instead of a crash or a giant allocation.
@@ -31,6 +31,12 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    offset: int = 0  # where its data starts in the file
+
+
+#: numpy dtype name -> safetensors dtype, for the arrays :func:`write_safetensors` writes
+NUMPY_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32",
+                "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
 def _is_int(v) -> bool:
@@ -39,6 +45,11 @@ def _is_int(v) -> bool:
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Return the tensors a safetensors file declares, after checking every offset."""
+    return read_safetensors(path)[0]
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """(the tensors a safetensors file declares, its ``__metadata__``), after checking every offset."""
     path = Path(path)
     size = path.stat().st_size
     bad = f"{path.name} is not a valid safetensors file"
@@ -64,6 +75,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     tensors: dict[str, TensorInfo] = {}
     spans: list[tuple[int, int, str]] = []
     end_max = 0
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{bad}: __metadata__ is not a map of strings", hint=redo)
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -87,7 +101,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             )
         end_max = max(end_max, end)
         spans.append((begin, end, name))
-        tensors[name] = TensorInfo(name, dtype, shape, nbytes)
+        tensors[name] = TensorInfo(name, dtype, shape, nbytes, 8 + header_len + begin)
     spans.sort()
     for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
         if begin < prev_end:
@@ -97,4 +111,53 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             f"{bad}: the header accounts for {end_max} data bytes but the file holds {data_len}",
             hint=redo,
         )
-    return tensors
+    return tensors, metadata
+
+
+def write_safetensors(path: Path, arrays: dict, metadata: dict[str, str] | None = None,
+                      block_bytes: int = 1 << 24) -> None:
+    """Write numpy ``arrays`` (memory-mapped ones too: they are streamed in blocks of rows) as a safetensors
+    file, in the order given, with ``metadata`` as its ``__metadata__``."""
+    header: dict = {}
+    offset = 0
+    for name, a in arrays.items():
+        if a.dtype.name not in NUMPY_DTYPES:
+            raise ValueError(f"{name}: numpy dtype {a.dtype} has no safetensors dtype")
+        header[name] = {"dtype": NUMPY_DTYPES[a.dtype.name], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors' own writer pads it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for a in arrays.values():
+            for block in row_blocks(a, block_bytes):
+                f.write(block.astype(block.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def row_blocks(a, block_bytes: int = 1 << 24):
+    """``a`` as C-contiguous blocks of whole rows of about ``block_bytes`` each (a scalar or empty array: one)."""
+    import numpy as np
+
+    if a.ndim == 0 or len(a) == 0:
+        yield np.ascontiguousarray(a)
+        return
+    step = max(1, block_bytes // max(1, a[0].nbytes))
+    for s in range(0, len(a), step):
+        yield np.ascontiguousarray(a[s:s + step])
+
+
+def open_memmap(path: Path, info: TensorInfo):
+    """The tensor ``info`` of the file ``path`` (as :func:`read_safetensors` read it), memory-mapped read-only."""
+    import numpy as np
+
+    names = {v: k for k, v in NUMPY_DTYPES.items()}
+    if info.dtype not in names:
+        raise ValueError(f"{info.name}: safetensors dtype {info.dtype} has no numpy dtype here")
+    dtype = np.dtype(names[info.dtype]).newbyteorder("<")
+    if info.nbytes == 0:
+        return np.empty(info.shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=info.offset, shape=info.shape)

@@ -1,4 +1,4 @@
-"""The transformers backend: a Hugging Face folder run by PyTorch (float32 or bfloat16)."""
+"""The transformers backend: a Hugging Face folder run by PyTorch (float32 or bfloat16), on the CPU or CUDA."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from ..loader import Target
 from ..session import Backend
 
 _DTYPES = ("float32", "bfloat16", "float16")
+DEVICES = ("cpu", "cuda", "auto")  # auto: CUDA when torch sees a GPU, else the CPU
 
 
 class HFBackend(Backend):
     name = "transformers"
     format = "hf"
     own_tokenizer = ""  # it runs on the source tokenizer itself
-    options = ("dtype", "threads", "n_ctx")
+    options = ("dtype", "threads", "n_ctx", "device")
 
     @classmethod
     def import_runtime(cls) -> None:
@@ -33,7 +34,7 @@ class HFBackend(Backend):
         return checkpoint_bytes_per_token(Checkpoint.open(model), None)
 
     def __init__(self, target: Target, *, dtype: str | None = None, threads: int | None = None,
-                 n_ctx: int | None = None):
+                 n_ctx: int | None = None, device: str | None = None):
         try:
             import torch
             from transformers import AutoModelForCausalLM
@@ -45,6 +46,7 @@ class HFBackend(Backend):
         dtype = dtype or "float32"
         if dtype not in _DTYPES:
             raise CheckpointError(f"dtype {dtype!r} is not supported", hint="choose one of " + ", ".join(_DTYPES))
+        self.device = _device(torch, device or "cpu")
         ckpt = Checkpoint.open(target.model)  # the same checks as export: no pickle, vocab fits, ...
         if threads:
             torch.set_num_threads(threads)
@@ -54,6 +56,8 @@ class HFBackend(Backend):
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"transformers could not load {target.model}: {e}",
                                       hint="check that the folder loads with AutoModelForCausalLM") from None
+        if self.device != "cpu":
+            self.model = self.model.to(self.device)
         self._torch = torch
         self.dtype = dtype
         self.n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
@@ -71,17 +75,17 @@ class HFBackend(Backend):
     def _run(self, ids: Sequence[int]):
         torch = self._torch
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long), past_key_values=self.cache,
-                             use_cache=True)
+            out = self.model(input_ids=torch.tensor([list(ids)], dtype=torch.long, device=self.device),
+                             past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         return out.logits[0]
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
-        return self._run(ids)[-1].float().numpy()
+        return self._run(ids)[-1].float().cpu().numpy()
 
     def all_logits(self, ids: Sequence[int]) -> np.ndarray:
         self.cache = None
-        return self._run(ids).float().numpy()
+        return self._run(ids).float().cpu().numpy()
 
     def rewind(self, n: int) -> int:
         if self.cache is None or n <= 0:
@@ -110,10 +114,21 @@ class HFBackend(Backend):
         return total
 
     def describe(self) -> dict:
-        return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "device": self.device}
 
     def close(self) -> None:
         self.cache = None
+
+
+def _device(torch, device: str) -> str:
+    if device not in DEVICES:
+        raise CheckpointError(f"device {device!r} is not supported", hint="choose one of " + ", ".join(DEVICES))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendMissingError(f"device cuda was asked for, but torch {torch.__version__} sees no CUDA GPU here",
+                                  hint="use device cpu (or auto, which takes CUDA only where there is a GPU)")
+    return device
 
 
 @contextmanager
