@@ -76,6 +76,7 @@ def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> d
         "positions": n,
         "top1": agree / n,
         "kl_mean": float(kl.mean()),
+        "kl_se": float(kl.std() / np.sqrt(len(kl))),  # standard error of kl_mean over the positions
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
         "max_abs_diff": max_abs,
@@ -88,7 +89,8 @@ def compare_logits(reference: list[np.ndarray], exported: list[np.ndarray]) -> d
 #: The user gate refuses a quantized file whose mean KL exceeds the plain tool's file of the same type
 #: (llama.cpp without an importance matrix; RTN on the same grid for GPTQ and ONNX int4) by more than this.
 PLAIN_TOLERANCE = 0.10
-#: KL differences below this (nats) are measurement noise on a few hundred positions, never a verdict.
+#: KL differences below this (nats), or below two standard errors of the export's mean KL over the
+#: positions measured, are measurement noise, never a verdict.
 KL_FLOOR = 1e-4
 
 HINTS = {
@@ -127,7 +129,7 @@ def judge(quant: str, metrics: dict, token_ids_identical: bool, extra_failures=N
     Always refused: token ids or chat template that differ, NaN/inf logits (``extra_failures`` are the
     format's own (message, hint) pairs). Then, with ``gate="user"``, a quantized file is refused only when
     its mean KL exceeds ``plain``'s (the plain tool's file of the same type, measured on the same
-    positions) by more than PLAIN_TOLERANCE, and a lossless one (F32/F16/BF16) when its KL exceeds its
+    positions) by more than PLAIN_TOLERANCE (and measurement noise), and a lossless one (F32/F16/BF16) when its KL exceeds its
     tier's bound; a type no plain tool can make (it needs an importance matrix) keeps the fixed bounds.
     ``gate="strict"`` applies the fixed bounds of every type (quant_recipes.thresholds).
 
@@ -155,7 +157,7 @@ def judge(quant: str, metrics: dict, token_ids_identical: bool, extra_failures=N
             failed.append((f"mean KL {metrics['kl_mean']:.3g} > {th.kl_mean_max}, the bound of a lossless {quant}",
                            HINTS["lossless"]))
     elif gate == "user" and plain is not None:
-        bound = plain["kl_mean"] * (1 + PLAIN_TOLERANCE) + KL_FLOOR
+        bound = plain["kl_mean"] * (1 + PLAIN_TOLERANCE) + max(KL_FLOOR, 2 * metrics.get("kl_se", 0.0))
         if not metrics["kl_mean"] <= bound:
             failed.append((f"mean KL {metrics['kl_mean']:.3g} is {ratio:.2f}× that of {plain['tool']} "
                            f"({plain['kl_mean']:.3g}), beyond the {PLAIN_TOLERANCE:.0%} tolerance", HINTS["plain"]))

@@ -240,8 +240,9 @@ class GPTQExporter(Exporter):
 
         ref = ctx.reference
         fn = rtn_transform(ctx.ckpt.architecture, opts.bits, opts.group_size, opts.sym)
+        source = ref.logits  # before the transform: the source's own logits
         with ref.layerwise.transformed(fn) as lw:
-            m = compare_logits(ref.logits, lw.logits(ref.eval_chunks.ids))
+            m = compare_logits(source, lw.logits(ref.eval_chunks.ids))
         return {"quant": opts.quant, "tool": f"round-to-nearest on the same grid ({opts.quant}, "
                 f"{'symmetric' if opts.sym else 'asymmetric'})", **{k: m[k] for k in ("kl_mean", "kl_p99", "top1")}}
 
