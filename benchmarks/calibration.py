@@ -44,7 +44,7 @@ GPTQ_QUANT = "w4g128"
 
 
 def english_calibration() -> Path:
-    return llama_cpp_source() / "vendor" / "llama.cpp" / "docs"
+    return llama_cpp_source() / "docs"
 
 
 def english_heldout(dest: Path) -> Path:
@@ -101,32 +101,45 @@ def calibrations(korean_more: Path | None) -> dict[str, dict]:
     return sets
 
 
-def export_all(src: Path, work: Path, sets: dict, formats: tuple[str, ...], gguf_types, chunks: int, log) -> dict:
-    """Every (calibration, format) export; returns {target path: (calibration, format, quant)}."""
+def export_all(src: Path, work: Path, sets: dict, formats: tuple[str, ...], gguf_types, chunks: int, log,
+               full: bool = False) -> dict:
+    """Every (calibration, format) export; returns {target path: (calibration, format, quant)}. An export the
+    gate refuses is logged with its message and left out of the tables (it is a finding, not a crash)."""
     targets = {}
+
+    def attempt(label: str, what: str, fmt: str, quants: tuple, recipe_kw: dict, out: Path):
+        if (out / "koquant.json").is_file():  # kept from an earlier run (--keep)
+            from koquant.artifact import Artifact
+
+            return Artifact.open(out)
+        t = time.time()
+        try:
+            art = koquant.export(src, koquant.Recipe(fmt, quants, **recipe_kw), out)
+        except koquant.KoquantError as e:
+            log(f"{label}: {what} REFUSED after {time.time() - t:.0f} s: {e}")
+            return None
+        log(f"{label}: {what} in {time.time() - t:.0f} s")
+        return art
+
     for i, (label, cal) in enumerate(sets.items()):
         slug = f"c{i}"
         cal = dict(cal)
-        common = dict(calib_chunks=chunks * cal.pop("calib_chunks_factor", 1), calib_ctx=512, eval_chunks=2, **cal)
+        others = full or i < 3  # GPTQ and ONNX (the slow exports): none, English, the Korean default
+        common = dict(name=slug, calib_chunks=chunks * cal.pop("calib_chunks_factor", 1), calib_ctx=512,
+                      eval_chunks=2, **cal)
         if "gguf" in formats:
-            quants = gguf_types
-            t = time.time()
-            art = koquant.export(src, koquant.Recipe("gguf", quants, name=slug, **common), work / f"{slug}-gguf")
-            log(f"{label}: gguf {', '.join(quants)} in {time.time() - t:.0f} s")
-            for f in art.record.files:
+            art = attempt(label, "gguf " + ", ".join(gguf_types), "gguf", gguf_types, common, work / f"{slug}-gguf")
+            for f in art.record.files if art else ():
                 targets[str(art.path / f.path)] = (label, "GGUF", f.quant)
-        if "gptq" in formats and cal["calib"] is not None:
-            t = time.time()
-            art = koquant.export(src, koquant.Recipe("gptq", (GPTQ_QUANT,), name=slug, **common), work / f"{slug}-gptq")
-            log(f"{label}: gptq in {time.time() - t:.0f} s")
-            targets[str(art.path)] = (label, "GPTQ", GPTQ_QUANT)
-        if "onnx" in formats:
-            t = time.time()
+        if "gptq" in formats and cal["calib"] is not None and others:
+            art = attempt(label, "gptq " + GPTQ_QUANT, "gptq", (GPTQ_QUANT,), common, work / f"{slug}-gptq")
+            if art:
+                targets[str(art.path)] = (label, "GPTQ", GPTQ_QUANT)
+        if "onnx" in formats and others:
             params = {} if cal["calib"] is not None else {"int4_algo": "rtn"}
-            art = koquant.export(src, koquant.Recipe("onnx", ("int4",), name=slug, params=params, **common),
-                                 work / f"{slug}-onnx")
-            log(f"{label}: onnx int4 in {time.time() - t:.0f} s")
-            targets[str(art.path)] = (label, "ONNX", "int4")
+            art = attempt(label, "onnx int4", "onnx", ("int4",), {**common, "params": params}, work / f"{slug}-onnx")
+            if art:
+                targets[str(art.path)] = (label, "ONNX", "int4")
     return targets
 
 
@@ -171,6 +184,8 @@ def main() -> int:
     ap.add_argument("--no-korean-more", action="store_true", help="skip the further Korean set")
     ap.add_argument("--quick", action="store_true", help="a smoke run: gguf and onnx, Q2_K and Q3_K_M, few chunks")
     ap.add_argument("--keep", type=Path, help="keep the exports and reports in this folder")
+    ap.add_argument("--full", action="store_true",
+                    help="GPTQ and ONNX for every calibration set (default: none, English and the Korean default)")
     args = ap.parse_args()
     formats = tuple(args.formats.split(","))
     gguf_types = GGUF_TYPES
@@ -189,7 +204,7 @@ def main() -> int:
     more = None if args.no_korean_more or args.quick else (args.korean_more or konlp_articles(work / "texts"))
     sets = calibrations(more)
     try:
-        targets = export_all(src, work, sets, formats, gguf_types, args.calib_chunks, log)
+        targets = export_all(src, work, sets, formats, gguf_types, args.calib_chunks, log, args.full)
         english = english_heldout(work / "english-heldout.txt")
         ko = score(src, targets, None, args.chunks, work / "bench-korean")
         en = score(src, targets, english, args.chunks, work / "bench-english")

@@ -61,7 +61,7 @@ def test_gguf_ladder_of_the_real_model_is_published_and_rated(gemma_gguf):
 def test_korean_calibration_beats_english_on_korean_text(gemma, gemma_gguf, tmp_path):
     """The same recipe calibrated on English prose (llama.cpp's own docs) against the default Korean set,
     scored on the same held-out Korean positions."""
-    english = llama_cpp_source() / "vendor" / "llama.cpp" / "docs"
+    english = llama_cpp_source() / "docs"
     art = koquant.export(gemma, koquant.Recipe("gguf", ("Q3_K_M", "Q2_K"), calib=str(english), **SHORT),
                          tmp_path / "en")
     en = {f.quant: f.validation["kl_mean"] for f in art.record.files}

@@ -110,9 +110,13 @@ class GGUFExporter(Exporter):
                         and FILE_TYPES[af.quant].quantized and not FILE_TYPES[af.quant].needs_imatrix]
         with ctx.task("validating against the source", len(files) + len(plain_quants) + 1) as advance:
             ref_logits = ref.logits
-            base_measured = base_verdict = None
+            measured = {}
+            for af in files:  # the requested files first: a crash is reported on the file the user asked for
+                measured[af.quant] = self.measure(ctx.out / af.path, ctx, ref_logits)
+                advance()
+            base_verdict = None
             if recipe.gate == "user" or base_quant in recipe.quants:
-                base_measured = self.measure(base, ctx, ref_logits)
+                base_measured = measured.get(base_quant) or self.measure(base, ctx, ref_logits)
                 base_verdict = self.judge_measured(base_quant, base_measured, ctx, gate="user")
             advance()
             plain = {}
@@ -120,22 +124,20 @@ class GGUFExporter(Exporter):
                 plain_path = ctx.work / f"plain-{quant}.gguf"
                 with procs.step("llama.cpp", f"quantizing the plain {quant} (no importance matrix)"):
                     llamacpp.quantize(base, plain_path, quant, imatrix=None, nthread=recipe.threads)
-                m = self.measure(plain_path, ctx, ref_logits)["metrics"]
-                plain[quant] = _plain_record(quant, m, "no importance matrix")
+                plain[quant] = _plain_record(quant, self.measure(plain_path, ctx, ref_logits)["metrics"],
+                                             "no importance matrix")
                 plain_path.unlink()
                 advance()
             for af in files:
-                measured = base_measured if af.quant == base_quant else self.measure(ctx.out / af.path, ctx, ref_logits)
                 yardstick = plain.get(af.quant)
                 if imatrix is None and FILE_TYPES[af.quant].quantized:  # this file is llama.cpp's plain one
-                    yardstick = _plain_record(af.quant, measured["metrics"], "this file: no importance matrix")
-                af.validation = self.judge_measured(af.quant, measured, ctx, (), yardstick)
+                    yardstick = _plain_record(af.quant, measured[af.quant]["metrics"], "this file: no importance matrix")
+                af.validation = self.judge_measured(af.quant, measured[af.quant], ctx, (), yardstick)
                 if af.validation["passed"] and base_verdict is not None and not base_verdict["passed"]:
                     # a converter fault hides in the plain yardstick too (it is made from the same base)
                     extra = [(f"the lossless {base_quant} conversion it was quantized from differs from the source "
                               f"({'; '.join(base_verdict['failures'])})", base_verdict["hints"][0])]
-                    af.validation = self.judge_measured(af.quant, measured, ctx, extra, yardstick)
-                advance()
+                    af.validation = self.judge_measured(af.quant, measured[af.quant], ctx, extra, yardstick)
         for af in files:
             af.size = (ctx.out / af.path).stat().st_size
             af.sha256 = sha256_file(ctx.out / af.path)

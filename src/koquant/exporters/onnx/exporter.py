@@ -286,7 +286,7 @@ def _describe(quant: str, opts: OnnxOptions) -> str:
         how = {"gptq": "GPTQ on Korean calibration text", "rtn": "round-to-nearest (the builder's default quantizer)",
                "k_quant": "k-quant (the builder's k_quant quantizer)"}[opts.int4_algo]
         head = {"int4": "lm_head int4 (the builder's default)", "int8": "lm_head int8 (round-to-nearest)",
-                "float": "lm_head in float"}[opts.lm_head]
+                "float": "lm_head in float"}.get(opts.lm_head, f"lm_head {opts.lm_head}")
         return f"int4 MatMulNBits, block {opts.block_size}, {how}, {head}, {level}"
     if quant == "int8":
         return f"int8 MatMulNBits, block {opts.block_size}, round-to-nearest, {level}"
