@@ -44,7 +44,8 @@ def test_int4_is_korean_gptq_within_its_thresholds(family, onnx_exports):
     v, th = f["validation"], thresholds_for("int4")
     assert v["passed"] and v["top1"] >= th.top1_min and v["kl_mean"] <= th.kl_mean_max
     assert v["kl_mean"] > 1e-6  # really quantized
-    assert art.manifest["onnx"]["options"] == {"int4_algo": "gptq", "block_size": 32, "accuracy_level": 4}
+    assert art.manifest["onnx"]["options"] == {"int4_algo": "gptq", "block_size": 32, "accuracy_level": 4,
+                                               "lm_head": "int8"}
     layer_weights = {n: t for n, t in f["tensor_types"].items() if n.startswith("model.layers.")
                      and "MatMul" in n}
     assert layer_weights and set(layer_weights.values()) == {"int4 (MatMulNBits, block 32)"}
