@@ -32,7 +32,7 @@ def pause(label):
 at = spec.get("pause_at")
 if at == "gguf-validate":
     from koquant.exporters.gguf import exporter
-    exporter.GGUFExporter.validate = lambda self, *a, **k: pause(at)
+    exporter.GGUFExporter.measure = lambda self, *a, **k: pause(at)
 elif at == "onnx-validate":
     from koquant.exporters.onnx import exporter
     exporter.ONNXExporter.validate = lambda self, *a, **k: pause(at)

@@ -25,6 +25,7 @@ _LAZY = {
     "Checkpoint": ".source.checkpoint",
     "KoquantError": ".errors",
     "Recipe": ".quant_recipes.recipe",
+    "bench": ".bench",
     "export": ".exporters.pipeline",
     "load": ".runtime.loader",
 }
