@@ -144,18 +144,17 @@ def export_all(src: Path, work: Path, sets: dict, formats: tuple[str, ...], gguf
 
 
 def score(src: Path, targets: dict, text: Path | None, chunks: int, out: Path) -> dict:
-    """{target: its bench entry}: an entry belongs to the target whose path is its path or a folder above it."""
-    report = koquant.bench(src, list(targets), out, text=text, chunks=chunks, latency=False, force=True)
-    found = {}
-    for e in report.exports:
-        path = Path(e["path"]).resolve()
-        for t, (_, _, quant) in targets.items():
-            if e["quant"] == quant and (path == Path(t).resolve() or Path(t).resolve() in path.parents):
-                found[t] = e
-    missing = [t for t in targets if t not in found]
+    """{target: its bench entry} (an entry names the file or folder it measured); a report kept in ``out``
+    from an earlier run (--keep) of the same targets is reused."""
+    if (out / "report.json").is_file():
+        exports = json.loads((out / "report.json").read_text(encoding="utf-8"))["exports"]
+    else:
+        exports = koquant.bench(src, list(targets), out, text=text, chunks=chunks, latency=False, force=True).exports
+    by_path = {str(Path(e["path"]).resolve()): e for e in exports}
+    missing = [t for t in targets if str(Path(t).resolve()) not in by_path]
     if missing:
         raise SystemExit(f"the bench report has no entry for {missing}")
-    return found
+    return {t: by_path[str(Path(t).resolve())] for t in targets}
 
 
 def table(title: str, scores: dict, targets: dict, sets: dict) -> list[str]:
