@@ -167,12 +167,13 @@ def test_output_folder_with_foreign_files_is_not_clobbered(model, tmp_path, caps
 
 
 def test_failed_validation_leaves_nothing(miniature, tmp_path, capsys, monkeypatch):
-    """An export that drifts from the source fails the gate: exit 3, no artifact."""
+    """An export that drifts from the source beyond the strict bounds fails the gate: exit 3, no artifact."""
     from koquant.exporters import gate
 
     monkeypatch.setitem(gate.THRESHOLDS, "Q8_0", gate.Thresholds(1.0, 0.0, 0.0))
     out = tmp_path / "out"
-    rc = main(["export", str(miniature("komt-mini")), "--quant", "Q8_0", "--calib-chunks", "4", "-o", str(out)])
+    rc = main(["export", str(miniature("komt-mini")), "--quant", "Q8_0", "--calib-chunks", "4", "--gate", "strict",
+               "-o", str(out)])
     err = capsys.readouterr().err
     assert rc == 3 and "validation failed" in err and "mean KL" in err
     _assert_clean(out)
