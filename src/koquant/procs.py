@@ -250,12 +250,16 @@ def supervise(argv: list[str]) -> int:
         crumbs, crash = Path(tmp) / "step.json", Path(tmp) / "crash.log"
         env = {**os.environ, SUPERVISED: "1", _STEP_FILE: str(crumbs), _CRASH_FILE: str(crash)}
         proc = subprocess.Popen([sys.executable, "-m", "koquant", *argv], env=env)
-        # the terminal's Ctrl-C reaches the child too; it decides what an interrupt means
+        # the terminal's Ctrl-C reaches the child too; it decides what an interrupt means. A SIGTERM or
+        # SIGHUP sent to this process alone (a service manager, a test) is passed on, so no child outlives it.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        passed = {s: signal.signal(s, lambda sig, _frame: proc.send_signal(sig)) for s in (signal.SIGTERM, signal.SIGHUP)}
         try:
             rc = proc.wait()
         finally:
             signal.signal(signal.SIGINT, old)
+            for s, handler in passed.items():
+                signal.signal(s, handler)
         if rc >= 0:
             return rc
         sig = -rc

@@ -25,11 +25,12 @@ _COMMANDS = {
     "chat": ("koquant.cli.chat", "chat with an export (GGUF, HF folder, ...) offline, with the source's exact prompts"),
     "verify": ("koquant.cli.verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
     "bench": ("koquant.cli.bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
+    "serve": ("koquant.cli.serve", "an OpenAI-compatible local server over any export, with the source's exact prompts"),
     "doctor": ("koquant.cli.doctor", "this machine's CPU and every backend: versions, build flags, a smoke test each"),
 }
 
 #: commands that run native backends in koquant's own process: run under a supervisor that reports a crash
-_SUPERVISED = ("export", "demo", "chat", "bench")
+_SUPERVISED = ("export", "demo", "chat", "bench", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -107,6 +107,73 @@ def backend_class(fmt: str, where: Path | None = None) -> type:
     return entry.backend_class()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One model a folder offers: ``load(path, quant=quant)`` opens it; ``label`` names it (``Q4_K_M``,
+    ``onnx-int4``, ``gptq-w4g128``, ``hf``) and ``name`` is ``model:label``, as ``koquant serve`` lists it."""
+
+    model: str
+    label: str
+    format: str
+    path: Path
+    quant: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}:{self.label}"
+
+
+def variants(path: str | os.PathLike) -> list[Variant]:
+    """Every model ``path`` offers, in the order ``koquant.load`` would list them (nothing is loaded):
+    each file of a GGUF artifact, each precision of an ONNX or GPTQ one, each artifact of a folder of them."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LoadError(f"{p} does not exist", hint="pass an export folder, a .gguf file or a Hugging Face model folder")
+    if p.is_file():
+        t = resolve(p)
+        return [_variant(t, p, None)]
+    manifest = _manifest(p)
+    if manifest is not None:
+        fmt = _format(str(manifest.format), p / MANIFEST)
+        files = [f for f in manifest.files if isinstance(f.path, str)]
+        if len(files) <= 1 and not fmt.file_suffix:
+            return [_variant(resolve(p), p, None)]
+        return [_variant(resolve(p, str(f.quant)), p, str(f.quant)) for f in files]
+    fmt = next((f for f in formats() if f.detect(p)), None)
+    if fmt is not None and fmt.file_suffix:
+        return [_variant(resolve(f), f, None) for f in fmt.model_files(p)]
+    if fmt is not None:
+        return [_variant(resolve(p), p, None)]
+    out: list[Variant] = []
+    for d in sorted(d for d in p.iterdir() if d.is_dir()):
+        if (d / MANIFEST).is_file() or any(f.detect(d) for f in formats() if f.exporter):
+            out += variants(d)
+    if not out:
+        raise LoadError(f"{p} holds no model koquant can run",
+                        hint="expected koquant.json, a .gguf file, genai_config.json or a Hugging Face config.json")
+    return out
+
+
+def _variant(target: Target, path: Path, quant: str | None) -> Variant:
+    fmt = _format(target.format, path)
+    if target.manifest is not None and target.manifest.name:
+        model = str(target.manifest.name)
+    else:
+        where = target.artifact or target.model
+        model = where.name
+        if fmt.file_suffix and where.is_file():
+            model = where.name[: -len(where.suffix)]
+            q = target.quant
+            if q and fmt.quant_name(model).endswith(fmt.quant_name(q)):
+                model = model[: len(model) - len(q)].rstrip("-_.") or model
+    q = target.quant
+    if fmt.file_suffix:
+        label = fmt.quant_name(q) if q else fmt.name
+    else:
+        label = f"{fmt.name}-{fmt.quant_name(q)}" if q else fmt.name
+    return Variant(model, label, fmt.name, path, quant)
+
+
 # ---------------------------------------------------------------------------- resolving a path
 def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
     p = Path(path).expanduser()

@@ -155,7 +155,7 @@ class GenerationStats:
 
 
 class Session:
-    """A loaded model: ``chat``, ``encode_chat``, ``generate``, ``logits``, ``tokenize``.
+    """A loaded model: ``chat``, ``complete``, ``encode_chat``, ``generate``, ``logits``, ``tokenize``.
 
     Made by :func:`koquant.load`; use it as a context manager or call :meth:`close`.
     """
@@ -270,11 +270,13 @@ class Session:
         return TokenizerCheck(self._backend.own_tokenizer, first is None, first, ids, own)
 
     # ------------------------------------------------------------------ generation
-    def chat(self, messages: list[dict], stream: bool = False, **sampling) -> str | Iterator[str]:
+    def chat(self, messages: list[dict], stream: bool = False, ignore_eos: bool = False,
+             **sampling) -> str | Iterator[str]:
         """The assistant's reply to ``messages``: the full text, or (``stream=True``) an iterator of pieces.
 
         Sampling parameters (``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``,
         ``max_new_tokens``, ``seed``, ``do_sample``) default to the source's generation_config.json.
+        ``ignore_eos=True`` keeps going through stop tokens (for benchmarks).
         """
         params = self.defaults.with_overrides(**sampling)
         prompt = self.render(messages)
@@ -284,7 +286,16 @@ class Session:
             note = check.describe()
             if note not in self.notes:
                 self.notes.append(note)
-        pieces = self._text_pieces(self._tokens(ids, params, ignore_eos=False))
+        pieces = self._text_pieces(self._tokens(ids, params, ignore_eos=ignore_eos))
+        return pieces if stream else "".join(pieces)
+
+    def complete(self, prompt: str, stream: bool = False, ignore_eos: bool = False,
+                 **sampling) -> str | Iterator[str]:
+        """The continuation of raw ``prompt`` text (no chat template; BOS added as the source tokenizer adds
+        it): the full text, or (``stream=True``) an iterator of pieces. Sampling as in :meth:`chat`."""
+        params = self.defaults.with_overrides(**sampling)
+        ids = self.tokenize(prompt, add_special_tokens=True)
+        pieces = self._text_pieces(self._tokens(ids, params, ignore_eos=ignore_eos))
         return pieces if stream else "".join(pieces)
 
     def generate(self, ids: Sequence[int], stream: bool = False, ignore_eos: bool = False,
