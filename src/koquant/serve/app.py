@@ -16,6 +16,9 @@ import json
 import logging
 import time
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from .. import __version__
@@ -289,10 +292,6 @@ def create_app(models: Models, *, api_key: str | None = None, max_body: int = 4 
     """The FastAPI application serving ``models``; ``on_ready()`` runs once it accepts requests."""
     import contextlib
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if on_ready is not None:
@@ -326,9 +325,7 @@ def create_app(models: Models, *, api_key: str | None = None, max_body: int = 4 
         return JSONResponse(err.body(), status_code=500)
 
     async def body_of(request: Request) -> dict:
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype not in ("application/json", ""):
-            raise ApiError(415, f"the body must be application/json, not {ctype}", code="unsupported_media_type")
+        # read as JSON whatever the Content-Type says (curl -d sends form-urlencoded), as OpenAI's API does
         return schema.parse_json(await read_body(request, state.max_body))
 
     async def opened(model: str | None, sampling: dict) -> SessionPool:
