@@ -254,6 +254,20 @@ def test_the_root_package_imports_lazily():
     assert not eager, f"koquant/__init__.py imports koquant modules at import time: {eager}"
 
 
+def test_public_functions_named_like_their_packages_stay_callable():
+    """koquant.bench / koquant.serve: a package imported first (koquant.bench.report) must not hide the function."""
+    import subprocess
+    import sys
+
+    code = ("import koquant.bench.report, koquant.serve.pool, koquant, inspect\n"
+            "from koquant.bench import bench\nfrom koquant.serve import serve\n"
+            "assert callable(koquant.bench) and callable(koquant.serve)\n"
+            "assert inspect.signature(koquant.bench.__call__) and koquant.bench.bench is bench\n"
+            "print(koquant.serve.serve is serve)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr
+
+
 @pytest.mark.parametrize("example, expected", [
     (("koquant.source.checkpoint", "koquant.exporters.gate"), True),
     (("koquant.artifact.manifest", "koquant.exporters.pipeline"), True),

@@ -28,6 +28,7 @@ _LAZY = {
     "bench": ".bench",
     "export": ".exporters.pipeline",
     "load": ".runtime.loader",
+    "serve": ".serve",
 }
 
 __all__ = [*_LAZY, "__version__"]
@@ -39,3 +40,20 @@ def __getattr__(name: str):
 
         return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'koquant' has no attribute {name!r}")
+
+
+def _callable_package(name: str, function: str) -> None:
+    """Make the package ``name`` callable as its ``function``.
+
+    ``koquant.bench`` and ``koquant.serve`` name both a function of the public API and the package that
+    defines it; once the package is imported, Python sets ``koquant.bench`` to the package itself, so
+    the package must call through to its function for ``koquant.bench(...)`` to keep working.
+    """
+    import sys
+    import types
+
+    class CallablePackage(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            return getattr(self, function)(*args, **kwargs)
+
+    sys.modules[name].__class__ = CallablePackage

@@ -20,3 +20,8 @@ from .runner import bench, save_baseline
 from .settings import BASELINE_DTYPES, BenchError, BenchSettings
 
 __all__ = ["BASELINE_DTYPES", "BenchError", "BenchSettings", "Report", "bench", "save_baseline"]
+
+
+from .. import _callable_package  # noqa: E402 - after bench is defined
+
+_callable_package(__name__, "bench")

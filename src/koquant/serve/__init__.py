@@ -122,3 +122,8 @@ def serve(artifact: str | os.PathLike, *, quant: str | None = None, host: str = 
     finally:
         sock.close()
         models.close()
+
+
+from .. import _callable_package  # noqa: E402 - after serve is defined
+
+_callable_package(__name__, "serve")
