@@ -14,6 +14,14 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _hub_line(source: dict) -> str:
+    hub = source.get("hub") if isinstance(source, dict) else None
+    if not isinstance(hub, dict) or not hub.get("repo_id"):
+        return ""
+    at = f" at commit `{hub['commit']}`" if hub.get("commit") else ""
+    return f" Source: the Hub repo [{hub['repo_id']}](https://huggingface.co/{hub['repo_id']}){at}."
+
+
 def render_model_card(m: Manifest | dict, *, library: str | None = None, usage: list[str] = ()) -> str:
     """The card of manifest ``m``. ``library``: its ``library_name`` (default: the format's name);
     ``usage``: the "Use" section's lines, which the format's exporter writes (``Exporter.usage``)."""
@@ -38,7 +46,7 @@ def render_model_card(m: Manifest | dict, *, library: str | None = None, usage: 
         f"Exported by koquant {m.tools['koquant']} from `{m.source['name']}` "
         f"({m.source['architecture']}, {m.source['dtype']}). Every file below was loaded back and compared "
         f"with the source on held-out Korean text ({m.evaluation['text']}, {m.evaluation['chunks']} chunks of "
-        f"{m.evaluation['chunk_size']} tokens) before it was published.",
+        f"{m.evaluation['chunk_size']} tokens) before it was published." + _hub_line(m.source),
         "",
         "## Validation",
         "",

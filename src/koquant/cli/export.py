@@ -69,7 +69,9 @@ def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
 
 def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", nargs="?", type=Path,
-                   help="local Hugging Face model folder (default: the built-in Korean miniature)")
+                   help="a local Hugging Face model folder, or a Hub id org/name[@revision] (fetched with "
+                   "huggingface_hub; HF_HOME, HF_TOKEN and HF_HUB_OFFLINE apply); default: the built-in Korean "
+                   "miniature")
     from ..exporters import export_formats
 
     p.add_argument("--fmt", default="gguf",
@@ -117,7 +119,9 @@ def main_export(args: argparse.Namespace) -> int:
         else:
             model_dir = args.model_dir
         if args.output is None:
-            args.output = Path.cwd() / f"{name or Path(model_dir).resolve().name}-{args.fmt}"
+            from ..source.hub import model_name
+
+            args.output = Path.cwd() / f"{name or model_name(model_dir)}-{args.fmt}"
         for key in ("calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks"):
             if getattr(args, key) <= 0:
                 raise RecipeError(f"--{key.replace('_', '-')} must be positive")

@@ -150,7 +150,9 @@ def build_manifest(ctx: ExportContext, files: list[ArtifactFile], base_model: st
         name=ctx.recipe.name or ckpt.name,
         source={
             "name": ckpt.name,
-            "base_model": base_model or ckpt.config.get("_name_or_path") or ckpt.name,
+            "base_model": base_model or (ckpt.hub.repo_id if ckpt.hub else None) or ckpt.config.get("_name_or_path")
+            or ckpt.name,
+            **({"hub": ckpt.hub.to_dict()} if ckpt.hub is not None else {}),
             "architecture": ckpt.architecture.hf_class,
             "dtype": ckpt.source_dtype,
             "files": ckpt.file_hashes(),

@@ -12,6 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .architectures import Architecture, Dims, resolve_architecture
+from .hub import HubRef, fetch, resolve_model
 from ..errors import CheckpointError, UnsafeInputError
 from .safetensors import TensorInfo, _is_int, read_safetensors_header
 
@@ -137,14 +138,19 @@ class Checkpoint:
     tokenizer_files: list[Path]
     chat_template: str | None
     pickle_weights: bool = False
+    hub: HubRef | None = None  # the Hub repo and commit, for a Hub id or a snapshot folder of a Hub cache
     _hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: str | os.PathLike, *, allow_pickle: bool = False) -> "Checkpoint":
-        folder = Path(path)
+        """A local HF folder, or a Hub id ``org/name[@revision]`` (:mod:`.hub`) when no such folder exists."""
+        folder, hub, remote = resolve_model(path)
+        if remote:
+            folder, hub = fetch(hub, allow_pickle=allow_pickle)
         if not folder.exists():
-            raise CheckpointError(f"model folder {folder} does not exist", hint="pass the path of a local Hugging Face model folder")
+            raise CheckpointError(f"model folder {folder} does not exist",
+                                  hint="pass the path of a local Hugging Face model folder, or a Hub id org/name")
         if not folder.is_dir():
             raise CheckpointError(f"{folder} is a file, not a model folder", hint="pass the folder that holds config.json")
         cfg_path = folder / "config.json"
@@ -174,7 +180,7 @@ class Checkpoint:
             if isinstance(tok_cfg.get(key), str):
                 _inside(folder, tok_cfg[key])
         chat_template = cls._find_chat_template(folder, tok_cfg)
-        ckpt = cls(folder, config, arch, weight_files, tensors, tok_files, chat_template, pickle_weights)
+        ckpt = cls(folder, config, arch, weight_files, tensors, tok_files, chat_template, pickle_weights, hub)
         ckpt._check_weights()
         return ckpt
 
@@ -271,7 +277,8 @@ class Checkpoint:
     # ------------------------------------------------------------------ facts
     @property
     def name(self) -> str:
-        return self.path.resolve().name
+        """The model's name: its Hub repo's (not a snapshot's commit hash), else its folder's."""
+        return self.hub.name if self.hub is not None else self.path.resolve().name
 
     @property
     def source_dtype(self) -> str:
