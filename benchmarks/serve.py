@@ -9,11 +9,12 @@ tokens counted by the source tokenizer on the returned text, the same way for bo
 - concurrency 1: koquant ``--parallel 1`` vs ``python -m llama_cpp.server``;
 - concurrency 4: koquant ``--parallel 4`` (four sessions, each with its own KV cache and
   threads/4 threads, llama.cpp maps the weights once) vs the same llama_cpp.server (one model, requests
-  one after another).
+  one after another: ``--interrupt_requests False``, as by default a new request cuts the running
+  stream short, which would count truncated answers as served).
 
 Goal: koquant within 10 % of llama_cpp.server at concurrency 1 and ahead at 4.
 
-    .venv/bin/python benchmarks/serve.py [ARTIFACT_OR_GGUF] [--quant Q4_K_M] [--real gemma-3-270m]
+    .venv/bin/python benchmarks/serve.py [ARTIFACT] [--quant Q4_K_M] [--real gemma-3-270m] [--keep DIR]
         [--requests 12] [--max-tokens 64] [--threads 2] [--json out.json]
 
 Needs the serve-bench extra (installed by install.sh): llama_cpp.server's FastAPI dependencies.
@@ -44,6 +45,13 @@ PROMPTS = [
     "겨울철 건강 관리 요령을 세 가지만 알려 주세요.",
     "인공지능이 번역에 쓰이는 방식을 간단히 설명해 주세요.",
 ]
+
+
+#: ``python -m llama_cpp.server`` after loading the CPU variant koquant loads: the portable wheel ships llama.cpp's
+#: CPU code as one module per x86-64 generation (GGML_BACKEND_DL), which llama-cpp-python alone does not load
+#: ("Failed to load model from file"), and on an AMX Xeon the variant llama.cpp would pick segfaults (issue 20824)
+LLAMA_SERVER = ("import runpy, sys; from koquant.exporters.gguf.llamacpp import cpu_backend; cpu_backend(); "
+                "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')")
 
 
 def free_port() -> int:
@@ -80,9 +88,9 @@ class Proc:
                 os.killpg(self.proc.pid, 9)
 
 
-def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+def one_request(url: str, model: str, prompt: str, max_tokens: int, extra: dict) -> dict:
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0, "stream": True}
+            "temperature": 0, "stream": True, **extra}
     t0 = time.perf_counter()
     first = last = None
     text = []
@@ -104,7 +112,7 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
             "total": end - t0}
 
 
-def load_round(url: str, model: str, concurrency: int, requests: int, max_tokens: int, tokenizer) -> dict:
+def load_round(url: str, model: str, concurrency: int, requests: int, max_tokens: int, tokenizer, extra: dict) -> dict:
     jobs = [PROMPTS[i % len(PROMPTS)] for i in range(requests)]
     results: list[dict] = []
     lock = threading.Lock()
@@ -115,7 +123,7 @@ def load_round(url: str, model: str, concurrency: int, requests: int, max_tokens
                 if not jobs:
                     return
                 prompt = jobs.pop(0)
-            r = one_request(url, model, prompt, max_tokens)
+            r = one_request(url, model, prompt, max_tokens, extra)
             with lock:
                 results.append(r)
 
@@ -126,17 +134,27 @@ def load_round(url: str, model: str, concurrency: int, requests: int, max_tokens
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    rates, tokens = [], 0
+    rates, tokens, short = [], 0, 0
     for r in results:
         n = len(tokenizer.encode(r["text"], add_special_tokens=False))
         tokens += n
+        short += n < max_tokens * 0.8  # re-tokenized text may merge a few tokens; far fewer: the answer was cut
         if n > 1 and r["decode_span"] > 0:
             rates.append((n - 1) / r["decode_span"])
     return {"requests": len(results), "wall_s": wall, "requests_per_s": len(results) / wall,
             "ttft_median_s": statistics.median(r["ttft"] for r in results),
             "decode_tok_s_median": statistics.median(rates) if rates else 0.0,
-            "completion_tokens": tokens, "tokens_per_s_total": tokens / wall,
+            "completion_tokens": tokens, "tokens_per_s_total": tokens / wall, "short_answers": short,
             "texts": [r["text"] for r in results]}
+
+
+def encode_chat_ids(tok_dir, artifact, quant_args, prompt: str) -> list[int]:
+    """The ids of ``prompt`` as a one-message chat under the source's own template (koquant.load's encode_chat)."""
+    import koquant
+
+    quant = quant_args[1] if quant_args else None
+    with koquant.load(artifact, quant=quant) as s:
+        return s.encode_chat([{"role": "user", "content": prompt}])
 
 
 def main() -> int:
@@ -144,8 +162,9 @@ def main() -> int:
     ap.add_argument("artifact", nargs="?", type=Path, help="a GGUF artifact folder or .gguf (default: the default "
                     "miniature's Q4_K_M export, made in a temp folder)")
     ap.add_argument("--quant", default="Q4_K_M")
-    ap.add_argument("--real", help="a real model of koquant.testing.real_models instead (e.g. gemma-3-270m): its "
-                    "shipped Q4_K_M GGUF")
+    ap.add_argument("--real", help="a real model of koquant.testing.real_models instead (e.g. gemma-3-270m), "
+                    "exported by koquant to --quant")
+    ap.add_argument("--keep", type=Path, help="keep (and reuse) the export made for the run in this folder")
     ap.add_argument("--requests", type=int, default=12, help="requests per round (default 12)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -157,20 +176,23 @@ def main() -> int:
     from koquant.runtime.tokenizer import HFTokenizer
 
     tmp = tempfile.TemporaryDirectory(prefix="serve-bench-")
-    if args.real:
-        from koquant.testing.real_models import real_model, real_model_gguf
-
-        gguf, source = real_model_gguf(args.real), real_model(args.real)
-        artifact, tok_dir, quant_args = gguf, source, []
-    elif args.artifact is None:
+    if args.artifact is None:
         import koquant
-        from koquant.testing.miniatures import DEFAULT_MODEL, build_miniature
 
-        print(f"exporting {DEFAULT_MODEL} to {args.quant} ...", file=sys.stderr)
-        art = koquant.export(build_miniature(DEFAULT_MODEL), koquant.Recipe("gguf", (args.quant,), calib_chunks=8),
-                             Path(tmp.name) / DEFAULT_MODEL)
-        artifact, quant_args = art.path, ["--quant", args.quant]
-        target = resolve(art.path, args.quant)
+        if args.real:
+            from koquant.testing.real_models import real_model
+
+            name, source = args.real, real_model(args.real)
+        else:
+            from koquant.testing.miniatures import DEFAULT_MODEL, build_miniature
+
+            name, source = DEFAULT_MODEL, build_miniature(DEFAULT_MODEL)
+        out = (args.keep or Path(tmp.name)) / f"{name}-{args.quant}"
+        if not (out / "koquant.json").is_file():
+            print(f"exporting {name} to {args.quant} ...", file=sys.stderr)
+            koquant.export(source, koquant.Recipe("gguf", (args.quant,), name=name), out)
+        artifact, quant_args = out, ["--quant", args.quant]
+        target = resolve(out, args.quant)
         gguf, tok_dir = target.model, target.tokenizer_dir
     else:
         target = resolve(args.artifact, args.quant if args.artifact.is_dir() else None)
@@ -189,17 +211,22 @@ def main() -> int:
                                str(kq_port), "--parallel", str(parallel), "--threads", str(per_session), "--ctx",
                                str(args.ctx)], f"http://127.0.0.1:{kq_port}", f"--parallel {parallel}, "
                                f"{per_session} thread(s) per session"),
-            ("llama_cpp.server", [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            ("llama_cpp.server", [sys.executable, "-c", LLAMA_SERVER, "--model", str(gguf), "--host", "127.0.0.1",
                                   "--port", str(lc_port), "--n_ctx", str(args.ctx), "--n_threads", str(args.threads),
-                                  "--n_threads_batch", str(args.threads)], f"http://127.0.0.1:{lc_port}",
-             f"one model, {args.threads} threads"),
+                                  "--n_threads_batch", str(args.threads), "--interrupt_requests", "False"],
+             f"http://127.0.0.1:{lc_port}", f"one model, {args.threads} threads, requests in turn"),
         ]
         for name, cmd, url, how in servers:
+            # every answer exactly max_tokens long: koquant's ignore_eos, llama_cpp.server's min_tokens
+            extra = {"ignore_eos": True} if name == "koquant serve" else {"min_tokens": args.max_tokens}
             p = Proc(cmd, url, name)
             try:
                 model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
-                load_round(url, model, concurrency, concurrency, 8, tokenizer)  # warm-up
-                r = load_round(url, model, concurrency, args.requests, args.max_tokens, tokenizer)
+                load_round(url, model, concurrency, concurrency, 8, tokenizer, extra)  # warm-up
+                r = load_round(url, model, concurrency, args.requests, args.max_tokens, tokenizer, extra)
+                first = httpx.post(url + "/v1/chat/completions", timeout=600, json={
+                    "model": model, "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1})
+                r["prompt_tokens"] = first.json()["usage"]["prompt_tokens"]
             finally:
                 p.stop()
             r.update(server=name, concurrency=concurrency, setup=how)
@@ -208,17 +235,19 @@ def main() -> int:
                   f"decode {r['decode_tok_s_median']:.1f} tok/s per request, {r['tokens_per_s_total']:.1f} tok/s "
                   f"in all ({how})", file=sys.stderr)
 
-    same = all(a == b for a, b in zip(rounds[0]["texts"], rounds[1]["texts"]))
+    want = len(encode_chat_ids(tok_dir, artifact, quant_args, PROMPTS[0]))
     print()
     print(f"GGUF: {Path(gguf).name} ({Path(gguf).stat().st_size / 2**20:.1f} MiB), {args.requests} requests per round, "
           f"max_tokens {args.max_tokens}, greedy, ctx {args.ctx}; machine: {platform.processor() or platform.machine()},"
           f" {os.cpu_count()} logical CPUs")
     print()
-    print("| server | concurrency | setup | requests/s | TTFT median | decode tok/s per request | tok/s in all |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server | concurrency | setup | requests/s | TTFT median | decode tok/s per request | tok/s in all "
+          "| answers cut short |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rounds:
         print(f"| {r['server']} | {r['concurrency']} | {r['setup']} | {r['requests_per_s']:.2f} | "
-              f"{r['ttft_median_s'] * 1000:.0f} ms | {r['decode_tok_s_median']:.1f} | {r['tokens_per_s_total']:.1f} |")
+              f"{r['ttft_median_s'] * 1000:.0f} ms | {r['decode_tok_s_median']:.1f} | {r['tokens_per_s_total']:.1f} | "
+              f"{r['short_answers']} of {r['requests']} |")
     print()
     for c in (1, 4):
         kq = next(r for r in rounds if r["server"] == "koquant serve" and r["concurrency"] == c)
@@ -226,7 +255,9 @@ def main() -> int:
         print(f"- concurrency {c}: koquant {kq['requests_per_s'] / lc['requests_per_s']:.2f}x llama_cpp.server's "
               f"requests/s, {kq['decode_tok_s_median'] / max(lc['decode_tok_s_median'], 1e-9):.2f}x its decode "
               f"tok/s, TTFT {kq['ttft_median_s'] / max(lc['ttft_median_s'], 1e-9):.2f}x")
-    print(f"- greedy answers of the two servers identical at concurrency 1: {same}")
+    kq, lc = rounds[0]["prompt_tokens"], rounds[1]["prompt_tokens"]
+    print(f"- the first prompt as each server feeds it: koquant {kq} tokens, llama_cpp.server {lc} tokens; the "
+          f"source template through the source tokenizer: {want} tokens")
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "texts"} for r in rounds], indent=2))
     return 0
