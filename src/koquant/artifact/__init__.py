@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from .atomic import check_output_location, disk_full, output_lock, publish, recover, staged_output
 from .inventory import inventory
-from .manifest import (MANIFEST, MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_manifest, load_manifest,
+from .manifest import (BUNDLE, MANIFEST, MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_manifest, load_manifest,
                        read_manifest, safe_relative, write_manifest)
 
-__all__ = ["MANIFEST", "MANIFEST_SCHEMA", "Artifact", "ArtifactFile", "Manifest", "check_manifest",
+__all__ = ["BUNDLE", "MANIFEST", "MANIFEST_SCHEMA", "Artifact", "ArtifactFile", "Manifest", "check_manifest",
            "check_output_location", "disk_full", "inventory", "load_manifest", "output_lock", "publish", "read_manifest", "recover", "safe_relative",
            "staged_output", "write_manifest"]

@@ -11,16 +11,19 @@ from pathlib import Path
 from .manifest import MANIFEST
 
 
-def inventory(folder: Path, known: dict[str, str] | None = None) -> dict[str, dict]:
+def inventory(folder: Path, known: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> dict[str, dict]:
     """``{relative path: {"size", "sha256"}}`` of every file under ``folder`` except its own manifest.
 
-    ``known``: sha256 already computed for some relative paths (the exported files), not read again."""
+    ``known``: sha256 already computed for some relative paths (the exported files), not read again.
+    ``skip``: top-level folders left out (scratch space removed before publishing)."""
     known = known or {}
     from ..source.checkpoint import sha256_file
 
     folder = Path(folder)
     out = {}
     for dirpath, dirnames, filenames in os.walk(folder):
+        if Path(dirpath) == folder:
+            dirnames[:] = [d for d in dirnames if d not in skip]
         dirnames.sort()
         for name in sorted(filenames):
             p = Path(dirpath) / name

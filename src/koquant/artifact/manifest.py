@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 from ..errors import ArtifactError
 
 MANIFEST = "koquant.json"
+#: the format of a multi-format export's top manifest: ``parts`` maps each subfolder to the format it holds
+BUNDLE = "bundle"
 MANIFEST_SCHEMA = 1
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # real manifests are a few hundred KiB
 
@@ -81,7 +83,7 @@ def _unset(value) -> bool:
 
 _REQUIRED = ("schema", "format", "name", "source", "recipe", "calibration", "evaluation", "chat_template", "tokenizer",
              "generation_config", "tools", "files", "notes")
-_SECTIONS = ("onnx", "gptq", "part_of", "folder_files", "inventory")  # written only when set
+_SECTIONS = ("onnx", "gptq", "part_of", "folder_files", "inventory", "parts")  # written only when set
 
 
 @dataclass
@@ -112,6 +114,7 @@ class Manifest:
     part_of: str | None = None
     folder_files: dict | None = None
     inventory: dict | None = None
+    parts: dict | None = None  # a bundle's {subfolder: format}
     extra: dict = field(default_factory=dict)
     _keys: tuple[str, ...] | None = field(default=None, repr=False, compare=False)  # key order as read
 
@@ -186,7 +189,7 @@ def read_manifest(folder: Path) -> dict:
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _OPTIONAL_DICTS = ("source", "recipe", "calibration", "evaluation", "chat_template", "tokenizer", "tools",
-                   "generation_config", "onnx", "gptq", "folder_files")
+                   "generation_config", "onnx", "gptq", "folder_files", "parts")
 
 
 def safe_relative(path, where) -> PurePosixPath:
@@ -237,6 +240,10 @@ def check_manifest(manifest, where) -> None:
         safe_relative(name, where)
         if not isinstance(digest, str):
             raise ArtifactError(f"{bad}: folder_files[{name!r}] is not a hash", hint="re-run the export")
+    for folder, fmt in (manifest.get("parts") or {}).items():
+        safe_relative(folder, where)
+        if not isinstance(fmt, str):
+            raise ArtifactError(f"{bad}: parts[{folder!r}] is not a format name", hint="re-run the export")
     if not isinstance(manifest.get("notes", []), list):
         raise ArtifactError(f"{bad}: 'notes' is not a list", hint="re-run the export")
 

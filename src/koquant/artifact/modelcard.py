@@ -108,3 +108,31 @@ def write_model_card(folder: Path, manifest: Manifest | dict, *, library: str | 
     p = folder / "README.md"
     p.write_text(render_model_card(manifest, library=library, usage=usage), encoding="utf-8")
     return p
+
+
+def render_bundle_card(parts: list[Manifest], folders: list[str], cards: list[str]) -> str:
+    """The card of a multi-format export: one front matter, then each format's own card (``cards``, as
+    written in its folder) under a heading of its own."""
+    first = parts[0]
+    fmts = [m.format for m in parts]
+    lines = ["---", f"base_model: {first.source['base_model']}", "quantized_by: koquant", "language:", "- ko", "tags:",
+             *[f"- {f}" for f in fmts], "- korean", "- koquant", "---", "",
+             f"# {first.name} ({', '.join(f.upper() for f in fmts)})", "",
+             "One export of one checkpoint to several formats, with one calibration text and one held-out reference "
+             "for all. Each folder is a complete artifact with its own `koquant.json` and card:", ""]
+    lines += [f"- [`{folder}/`]({folder}/README.md): {m.format.upper()}, " + ", ".join(str(f.quant) for f in m.files)
+              for folder, m in zip(folders, parts)]
+    for folder, m, card in zip(folders, parts, cards):
+        body = card.split("\n")
+        start = next(i for i, line in enumerate(body) if line.startswith("# "))  # after the front matter and title
+        lines += ["", f"## {m.format.upper()} (`{folder}/`)", ""]
+        lines += ["#" + line if line.startswith("## ") else line for line in body[start + 1:]]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_bundle_card(folder: Path, parts: list[Manifest], folders: list[str]) -> Path:
+    """README.md of a bundle, from the cards its parts' folders already hold."""
+    cards = [(folder / sub / "README.md").read_text(encoding="utf-8") for sub in folders]
+    p = folder / "README.md"
+    p.write_text(render_bundle_card(parts, folders, cards), encoding="utf-8")
+    return p

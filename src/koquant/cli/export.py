@@ -15,6 +15,38 @@ def _quant_list(text: str) -> tuple[str, ...]:
     return tuple(q.strip() for q in text.split(",") if q.strip())
 
 
+def _formats(text: str) -> tuple[str, ...]:
+    """``gguf`` or ``gguf,gptq,onnx``: each an export format (in the order given, once each)."""
+    from ..exporters import format_of
+
+    fmts = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    if not fmts:
+        raise RecipeError("--fmt names no format", hint="e.g. --fmt gguf, or several: --fmt gguf,gptq,onnx")
+    for f in fmts:
+        format_of(f, exported=True)
+    return fmts
+
+
+def _quants_by_format(fmts: tuple[str, ...], given) -> dict[str, tuple[str, ...] | None]:
+    """``--quant`` values per format: ``Q4_K_M,Q8_0`` for a single format, ``gguf=Q4_K_M,Q8_0`` for any."""
+    out: dict[str, tuple[str, ...] | None] = {f: None for f in fmts}
+    for text in ([given] if isinstance(given, str) else given or []):
+        fmt, sep, rest = text.partition("=")
+        if sep:
+            fmt = fmt.strip().lower()
+            if fmt not in fmts:
+                raise RecipeError(f"--quant {text} names {fmt}, which --fmt does not export",
+                                  hint=f"add it to --fmt ({','.join(fmts + (fmt,))}), or drop that --quant")
+            out[fmt] = (out[fmt] or ()) + _quant_list(rest)
+        elif len(fmts) > 1:
+            raise RecipeError(f"--quant {text} does not say which of {', '.join(fmts)} it is for",
+                              hint="prefix it with its format: --quant " + " --quant ".join(
+                                  f"{f}=..." for f in fmts))
+        else:
+            out[fmts[0]] = (out[fmts[0]] or ()) + _quant_list(text)
+    return out
+
+
 def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
     """Each name in its table's spelling (``Q4_K_M``, ``int4``); None: the format's default."""
     from ..exporters import format_of
@@ -23,20 +55,19 @@ def _quants_for(fmt: str, quants: tuple[str, ...] | None) -> tuple[str, ...]:
     return tuple(entry.quant_name(q) for q in (entry.default_quants if quants is None else quants))
 
 
-def _format_params(args: argparse.Namespace) -> dict:
-    """Format-specific options given on the command line; refused for a format they do not apply to."""
-    from ..exporters import export_formats, format_of
+def _format_params(args: argparse.Namespace, fmts: tuple[str, ...]) -> dict[str, dict]:
+    """Format-specific options given on the command line, per format; refused for formats not exported."""
+    from ..exporters import export_formats
 
-    format_of(args.fmt, exported=True)
     params = {}
     for entry in export_formats():
         given = {k: getattr(args, k, None) for k in entry.exporter_class().options}
         given = {k: v for k, v in given.items() if v is not None}
-        if given and args.fmt != entry.name:
+        if given and entry.name not in fmts:
             raise RecipeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} apply to --fmt {entry.name} only",
                               hint=f"add --fmt {entry.name}, or drop those options")
-        if args.fmt == entry.name:
-            params = given
+        if entry.name in fmts:
+            params[entry.name] = given
     return params
 
 
@@ -44,9 +75,10 @@ def _common(p: argparse.ArgumentParser, default_quants: str | None) -> None:
     from ..exporters import export_formats
 
     per_format = ", ".join(f"{','.join(f.default_quants)} for {f.name}" for f in export_formats())
-    p.add_argument("--quant", default=default_quants, type=_quant_list,
+    p.add_argument("--quant", default=default_quants, action="append" if default_quants is None else "store",
                    help="comma-separated quant types, sharing one conversion and one calibration (default "
-                   + (default_quants or per_format) + ")")
+                   + (default_quants or per_format) + "); with several formats, one per format: --quant "
+                   "gguf=Q4_K_M,Q8_0 --quant onnx=int4")
     p.add_argument("--calib", default="default", metavar="TEXT",
                    help="calibration text: 'default' (Korean bills from konlpy), a .txt/.jsonl file or a folder")
     p.add_argument("--no-calib", action="store_true", help="no calibration (plain quantization, no importance matrix)")
@@ -75,7 +107,9 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     from ..exporters import export_formats
 
     p.add_argument("--fmt", default="gguf",
-                   help="output format: " + ", ".join(f"{f.name} ({f.runtime})" for f in export_formats()))
+                   help="output format: " + ", ".join(f"{f.name} ({f.runtime})" for f in export_formats())
+                   + "; several (gguf,gptq,onnx) share one checkpoint check, calibration text and reference, "
+                   "into one artifact with a folder per format")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept *.bin pickle weights (loaded with torch.load(weights_only=True))")
     _common(p, None)
@@ -118,30 +152,33 @@ def main_export(args: argparse.Namespace) -> int:
             name = name or DEFAULT_MODEL
         else:
             model_dir = args.model_dir
+        fmts = _formats(args.fmt)
         if args.output is None:
             from ..source.hub import model_name
 
-            args.output = Path.cwd() / f"{name or model_name(model_dir)}-{args.fmt}"
+            args.output = Path.cwd() / f"{name or model_name(model_dir)}-{'-'.join(fmts)}"
         for key in ("calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks"):
             if getattr(args, key) <= 0:
                 raise RecipeError(f"--{key.replace('_', '-')} must be positive")
-        params = _format_params(args)
-        quants = args.quant
-        if args.fmt == "gptq" and quants is None:
-            from ..quant_recipes.gptq import DEFAULT, quant_name
+        params = _format_params(args, fmts)
+        recipes = []
+        for fmt, quants in _quants_by_format(fmts, args.quant).items():
+            if fmt == "gptq" and quants is None:
+                from ..quant_recipes.gptq import DEFAULT, quant_name
 
-            quants = (quant_name(params.get("bits", DEFAULT.bits), params.get("group_size", DEFAULT.group_size)),)
-        recipe = Recipe(
-            fmt=args.fmt, quants=_quants_for(args.fmt, quants), params=params,
-            calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
-            calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
-            eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
-            gate=args.gate,
-        )
+                p = params[fmt]
+                quants = (quant_name(p.get("bits", DEFAULT.bits), p.get("group_size", DEFAULT.group_size)),)
+            recipes.append(Recipe(
+                fmt=fmt, quants=_quants_for(fmt, quants), params=params[fmt],
+                calib=None if args.no_calib else args.calib, calib_chat=args.calib_chat,
+                calib_ctx=args.calib_ctx, calib_chunks=args.calib_chunks, imatrix=not args.no_imatrix,
+                eval_ctx=args.eval_ctx, eval_chunks=args.eval_chunks, threads=args.threads, name=name,
+                gate=args.gate,
+            ))
         from ..exporters.pipeline import export
 
-        art = export(model_dir, recipe, args.output, allow_pickle=args.allow_pickle, force=args.force,
-                     progress=progress, base_model=args.base_model)
+        art = export(model_dir, recipes[0] if len(recipes) == 1 else recipes, args.output,
+                     allow_pickle=args.allow_pickle, force=args.force, progress=progress, base_model=args.base_model)
     _report(art, args.json)
     if getattr(args, "bench", False):
         from .bench import bench_after_export

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import __version__
-from ..artifact import (MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_output_location, inventory,
-                       staged_output, write_manifest)
+from ..artifact import (BUNDLE, MANIFEST_SCHEMA, Artifact, ArtifactFile, Manifest, check_output_location,
+                        inventory, staged_output, write_manifest)
 from ..quant_recipes.calibration import TextSet, check_disjoint, korean_constitution, load_text_set
 from ..source.checkpoint import Checkpoint
 from ..errors import RecipeError, ValidationError
 from . import get_exporter
-from ..artifact.modelcard import write_model_card
+from ..artifact.modelcard import write_bundle_card, write_model_card
 from ..quant_recipes.recipe import Recipe
 from .reference import Reference
 
@@ -66,42 +66,117 @@ def tool_versions(extra: tuple[str, ...] = ()) -> dict:
     return out
 
 
-def export(model_dir, recipe: Recipe, out, *, allow_pickle: bool = False, force: bool = False,
+#: recipe fields every format of one multi-format export shares (one calibration pass, one held-out reference)
+SHARED_FIELDS = ("calib", "calib_chat", "calib_ctx", "calib_chunks", "eval_ctx", "eval_chunks", "threads", "name", "gate")
+
+
+def export(model_dir, recipe: Recipe | list[Recipe], out, *, allow_pickle: bool = False, force: bool = False,
            progress=None, base_model: str | None = None) -> Artifact:
-    """Export ``model_dir`` as ``recipe`` says into the folder ``out``; validated or nothing."""
+    """Export ``model_dir`` as ``recipe`` says into the folder ``out``; validated or nothing.
+
+    ``recipe`` may be a list of recipes of different formats: one checkpoint check, one staged source,
+    one calibration text and held-out reference for all, one artifact folder with a subfolder per format
+    (each a complete artifact of its own) and one manifest and model card covering all (a bundle).
+    """
     out = Path(out)
+    recipes = [recipe] if isinstance(recipe, Recipe) else list(recipe)
+    _check_recipes(recipes)
     ckpt = Checkpoint.open(model_dir, allow_pickle=allow_pickle)
-    exporter = get_exporter(recipe.fmt)
-    refusal = ckpt.architecture.refusal(recipe.fmt)
-    if refusal:
-        raise RecipeError(refusal, hint="choose --fmt " + " or ".join(ckpt.architecture.backends))
-    exporter.check_recipe(recipe)
-    exporter.check_source(ckpt)
+    exporters = []
+    for r in recipes:
+        exporter = get_exporter(r.fmt)
+        refusal = ckpt.architecture.refusal(r.fmt)
+        if refusal:
+            raise RecipeError(refusal, hint="choose --fmt " + " or ".join(ckpt.architecture.backends))
+        exporter.check_recipe(r)
+        exporter.check_source(ckpt)
+        exporters.append(exporter)
     heldout = korean_constitution()
     calibration = None
-    if exporter.needs_calibration(recipe):
-        calibration = load_text_set(recipe.calib)
+    if any(e.needs_calibration(r) for e, r in zip(exporters, recipes)):
+        calibration = load_text_set(recipes[0].calib)
         check_disjoint(calibration, heldout)
-        if recipe.calib_chat:
+        if recipes[0].calib_chat:
             check_calibration_template(ckpt, calibration)
     check_output_location(out, force)
 
     with staged_output(out, force) as tmp:
         work = tmp / ".work"
         source_dir = ckpt.stage(work / "source")
-        ctx = ExportContext(ckpt, recipe, Reference(ckpt, source_dir, recipe, heldout), source_dir, tmp, work,
-                            calibration, progress)
-        files = exporter.export(ctx)
+        reference = Reference(ckpt, source_dir, recipes[0], heldout)  # its logits are computed once, for every gate
+        parts = []
+        for r, exporter in zip(recipes, exporters):
+            folder = tmp if len(recipes) == 1 else tmp / r.fmt
+            folder.mkdir(exist_ok=True)
+            part_work = work if len(recipes) == 1 else work / r.fmt
+            ctx = ExportContext(ckpt, r, reference, source_dir, folder, part_work, calibration, progress)
+            parts.append(_export_part(ctx, exporter, base_model))
         shutil.rmtree(work)
-        manifest = build_manifest(ctx, files, base_model, exporter.tool_packages)
-        failed = [f for f in files if not f.validation.get("passed")]
-        if failed:
-            raise validation_failure(failed)
-        exporter.finalize(ctx, manifest)
-        write_model_card(tmp, manifest, library=exporter.format.library, usage=exporter.usage(manifest))
-        manifest.inventory = inventory(tmp, {f.path: f.sha256 for f in files if f.sha256})  # every other file's size and sha256, for `koquant verify`
+        if len(parts) == 1:
+            return Artifact(out, parts[0])
+        manifest = bundle_manifest(parts, [r.fmt for r in recipes])
+        write_bundle_card(tmp, parts, [r.fmt for r in recipes])
+        manifest.inventory = inventory(tmp, {})
         write_manifest(tmp, manifest)
     return Artifact(out, manifest)
+
+
+def _check_recipes(recipes: list[Recipe]) -> None:
+    if not recipes:
+        raise RecipeError("no format to export", hint="give --fmt gguf, onnx or gptq (or several: --fmt gguf,onnx)")
+    fmts = [r.fmt for r in recipes]
+    twice = sorted({f for f in fmts if fmts.count(f) > 1})
+    if twice:
+        raise RecipeError(f"{', '.join(twice)} is asked for more than once",
+                          hint="give each format once, with all its quants: --quant gguf=Q4_K_M,Q8_0")
+    for key in SHARED_FIELDS:
+        values = {repr(getattr(r, key)) for r in recipes}
+        if len(values) > 1:
+            raise RecipeError(f"the formats of one export share {key}, but the recipes give {', '.join(sorted(values))}",
+                              hint="export them separately, or give the same value")
+
+
+def _export_part(ctx: ExportContext, exporter, base_model: str | None) -> Manifest:
+    """One format into ``ctx.out``: files, gate, manifest, card, inventory."""
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    files = exporter.export(ctx)
+    manifest = build_manifest(ctx, files, base_model, exporter.tool_packages)
+    failed = [f for f in files if not f.validation.get("passed")]
+    if failed:
+        raise validation_failure(failed)
+    exporter.finalize(ctx, manifest)
+    write_model_card(ctx.out, manifest, library=exporter.format.library, usage=exporter.usage(manifest))
+    # every other file's size and sha256, for `koquant verify`
+    scratch = [p.name for p in ctx.out.iterdir() if p.is_dir() and p.name.startswith(".work")]
+    manifest.inventory = inventory(ctx.out, {f.path: f.sha256 for f in files if f.sha256}, skip=tuple(scratch))
+    write_manifest(ctx.out, manifest)
+    return manifest
+
+
+def bundle_manifest(parts: list[Manifest], folders: list[str]) -> Manifest:
+    """The top manifest of a multi-format export: every part's files under its folder, its sections by format."""
+    first = parts[0]
+    files = []
+    for folder, m in zip(folders, parts):
+        for f in m.files:
+            files.append(ArtifactFile(f"{folder}/{f.path}", f.quant, f.sha256, f.size, dict(f.tensor_types),
+                                      list(f.fallbacks), dict(f.validation), list(f.notes),
+                                      {"format": m.format, **f.extra}))
+    calibration = None
+    used = [(folder, m.calibration) for folder, m in zip(folders, parts) if m.calibration]
+    if used:  # one text for all; how each format used it (the GGUF's imatrix file, ...) under its folder
+        shared = {k: v for k, v in used[0][1].items() if k in ("name", "sha256", "documents", "chat_rendered")}
+        calibration = {**shared, "parts": {folder: {k: v for k, v in cal.items() if k not in shared}
+                                           for folder, cal in used}}
+    return Manifest(
+        schema=MANIFEST_SCHEMA, format=BUNDLE, name=first.name, source=first.source,
+        recipe={"formats": {folder: m.recipe for folder, m in zip(folders, parts)}},
+        calibration=calibration, evaluation=first.evaluation, chat_template=first.chat_template,
+        tokenizer={**(first.tokenizer or {}), "folder": None}, generation_config=first.generation_config,
+        tools={k: v for m in parts for k, v in (m.tools or {}).items()}, files=files,
+        notes=sorted({n for m in parts for n in m.notes}),
+        parts={folder: m.format for folder, m in zip(folders, parts)},
+    )
 
 
 def validation_failure(failed: list[ArtifactFile]) -> ValidationError:

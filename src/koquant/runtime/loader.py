@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifact import MANIFEST, ArtifactFile, Manifest
+from ..artifact import BUNDLE, MANIFEST, ArtifactFile, Manifest
 from ..errors import KoquantError
 from ..exporters import Format, file_format, formats
 
@@ -133,6 +133,8 @@ def variants(path: str | os.PathLike) -> list[Variant]:
         t = resolve(p)
         return [_variant(t, p, None)]
     manifest = _manifest(p)
+    if manifest is not None and manifest.format == BUNDLE:
+        return [v for sub in (manifest.parts or {}) for v in variants(p / sub)]
     if manifest is not None:
         fmt = _format(str(manifest.format), p / MANIFEST)
         files = [f for f in manifest.files if isinstance(f.path, str)]
@@ -186,9 +188,36 @@ def resolve(path: str | os.PathLike, quant: str | None = None) -> Target:
         raise LoadError(f"{p} is not a model koquant can run (expected a .gguf file or a folder)",
                         hint="pass an export folder, a .gguf file or a Hugging Face model folder")
     manifest = _manifest(p)
+    if manifest is not None and manifest.format == BUNDLE:
+        return _bundle(p, manifest, quant)
     if manifest is not None:
         return _artifact(p, manifest, quant)
     return _plain_folder(p, quant)
+
+
+def _bundle(folder: Path, manifest: Manifest, quant: str | None) -> Target:
+    """A multi-format export: the part that holds ``quant`` (``Q4_K_M``, ``int4``, ``onnx-int4``, ``gptq``)."""
+    parts = {sub: _format(str(fmt), folder / MANIFEST) for sub, fmt in (manifest.parts or {}).items()}
+    offered = [(sub, fmt, str(f.quant)) for sub, fmt in parts.items() for f in manifest.files
+               if f.path.startswith(sub + "/")]
+    names = [f"{fmt.name}-{q}" for _, fmt, q in offered]
+    if quant is None:
+        if len(offered) == 1:
+            return resolve(folder / offered[0][0])
+        raise LoadError(f"{folder} holds {len(offered)} exports ({', '.join(names)}); choose one",
+                        hint=f"koquant.load(path, quant={offered[0][2]!r}) / --quant {names[-1]}")
+    want = quant.strip()
+    fmt_name, _, q = want.partition("-")
+    picked = [(sub, fmt, qq) for sub, fmt, qq in offered
+              if fmt.quant_name(qq) == fmt.quant_name(want) or (q and fmt.name == fmt_name.lower()
+                                                               and fmt.quant_name(qq) == fmt.quant_name(q))]
+    if not picked and want.lower() in parts:  # the format alone, when it holds one variant
+        picked = [o for o in offered if o[0] == want.lower()]
+    if len(picked) != 1:
+        raise LoadError(f"{folder} has {'no' if not picked else 'more than one'} {quant}",
+                        hint="it holds " + ", ".join(names) + " (name one as format-quant, e.g. onnx-int4)")
+    sub, _, q = picked[0]
+    return resolve(folder / sub, q)
 
 
 def _model_file(fmt: Format, p: Path, quant: str | None) -> Target:
