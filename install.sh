@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check -c constraints.
 # the portable llama.cpp build (koquant.exporters.gguf.llamacpp.PORTABLE_CMAKE_ARGS), cached by version and flags
 WHEEL=$(PYTHONPATH=src .venv/bin/python -m koquant.exporters.gguf.llamacpp wheel)
 "${PIP[@]}" --force-reinstall --no-deps "$WHEEL"
-"${PIP[@]}" -e ".[gguf,onnx,gptq,bench,serve,serve-bench,test]"
+"${PIP[@]}" -e ".[gguf,onnx,gptq,bench,serve,serve-bench,ray,test]"
 # fetch the pinned llama.cpp converter (vendored in the llama-cpp-python sdist) once
 .venv/bin/python -c "from koquant.exporters.gguf.llamacpp import llama_cpp_source; print('llama.cpp sources:', llama_cpp_source())"
 echo "koquant installed: .venv/bin/koquant"

@@ -44,7 +44,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "koquant"
 
 FLOORS = ({"source"}, {"quant_recipes"}, {"artifact"}, {"exporters"}, {"runtime"}, {"bench", "serve"})
-TOP = {"plan", "cli", "__main__"}
+TOP = {"plan", "cli", "matrix", "__main__"}
 #: outside the floors; errors and procs import no floor (checked), testing is unconstrained
 OUTSIDE = {"errors", "procs", "testing"}
 #: what a runtime module may never import

@@ -68,7 +68,7 @@ class IntegrityError(ArtifactError):
 # ---------------------------------------------------------------- the one install check hint
 #: each optional extra -> the command that installs it in a checkout (pinned by constraints.txt)
 INSTALL_HINTS = {
-    extra: f"pip install -c constraints.txt -e '.[{extra}]'" for extra in ("gguf", "onnx", "onnx-gpu", "gptq", "bench", "serve")
+    extra: f"pip install -c constraints.txt -e '.[{extra}]'" for extra in ("gguf", "onnx", "onnx-gpu", "gptq", "bench", "serve", "ray")
 }
 
 

@@ -26,6 +26,7 @@ _COMMANDS = {
     "verify": ("koquant.cli.verify", "recheck every file of an export against the sizes and hashes in its koquant.json"),
     "bench": ("koquant.cli.bench", "measure exports against the source: perplexity, KL divergence, speed, memory"),
     "serve": ("koquant.cli.serve", "an OpenAI-compatible local server over any export, with the source's exact prompts"),
+    "matrix": ("koquant.cli.matrix", "a release matrix (models x recipes) of exports, locally or as Ray tasks, resumable"),
     "doctor": ("koquant.cli.doctor", "this machine's CPU and every backend: versions, build flags, a smoke test each"),
 }
 
