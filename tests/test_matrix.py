@@ -147,3 +147,8 @@ def test_ray_executor_survives_a_killed_worker_and_records_failures(tmp_path, mi
     assert "2 of 4 cells done" in md and "failed: " in md
     rows = json.loads((out / "matrix.json").read_text())["rows"]
     assert sum(r["status"] == "done" for r in rows) == 2
+
+    # resumed: the finished cells are kept, only the failed ones run again
+    again = run_matrix(spec, out, executor="ray")
+    assert {k for k, r in again.records.items() if r.get("skipped")} == {f"{m}/q8" for m in MODELS}
+    assert {k for k, r in again.records.items() if r["status"] == "failed"} == {f"{m}/broken" for m in MODELS}
