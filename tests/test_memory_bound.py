@@ -87,6 +87,49 @@ def test_layerwise_imatrix_is_bit_identical():
     assert all(np.array_equal(a.sum2[n], b.sum2[n]) and np.array_equal(a.counts[n], b.counts[n]) for n in a.names())
 
 
+def test_layerwise_int4_gptq_is_bit_identical():
+    """ONNX int4 GPTQ on the layerwise reference gives the codes and scales the whole model gives."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koquant.exporters.layerwise import LayerwiseModel
+    from koquant.exporters.onnx.int4_gptq import quantize_decoder
+    from koquant.quant_recipes.calibration import Chunks
+    from koquant.source.checkpoint import Checkpoint
+
+    folder = build_miniature("komt-mini")
+    arch = Checkpoint.open(folder).architecture
+    lw = LayerwiseModel(folder)
+    chunks = Chunks(tuple(map(tuple, _chunks(lw.config.vocab_size, 2, 64))), 64, 128)
+    a = quantize_decoder(lw, chunks, 32, arch=arch)
+    b = quantize_decoder(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), chunks, 32,
+                         arch=arch)
+    assert a.keys() == b.keys() and len(a) == 2 * len(arch.onnx.linears)
+    assert all(torch.equal(a[k].codes, b[k].codes) and torch.equal(a[k].scales, b[k].scales) for k in a)
+    assert all(p.is_meta for p in lw.model.parameters()), "weights stayed in memory after GPTQ"
+
+
+def test_greedy_agreement_is_greedy_decoding():
+    """The teacher-forced greedy check equals the source's own greedy decoding, and finds the first difference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koquant.exporters.layerwise import LayerwiseModel
+    from koquant.exporters.onnx.parity import greedy_agreement
+
+    folder = build_miniature("komt-mini")
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    prompt = _chunks(full.config.vocab_size, 1, 24)[0]
+    with torch.inference_mode():
+        out = full.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+                            pad_token_id=0)[0, len(prompt):].tolist()
+    lw = LayerwiseModel(folder)
+    assert greedy_agreement(lw, prompt, out) == 16
+    wrong = out[:5] + [(out[5] + 1) % full.config.vocab_size] + out[6:]
+    assert greedy_agreement(lw, prompt, wrong) == 5
+    assert greedy_agreement(lw, prompt, []) == 0
+
+
 # VmHWM, the peak of this process's own memory (ru_maxrss would start at the RSS of the pytest process
 # it was forked from, and hide growth below that)
 _PEAK = (

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ from .. import Exporter, option_names, recipe_options
 from ..gate import HINTS, compare_logits, judge, token_mismatch
 from . import builder, genai
 from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
-from .parity import common_prefix, hf_greedy
+from .parity import greedy_agreement
 
 INT4_ALGOS = ("gptq", "rtn", "k_quant")
 DEFAULT_INT4_ALGO = "gptq"  # benchmarks/onnx_int4.md: lower KL than rtn and k_quant on the trained miniature
@@ -80,17 +79,17 @@ class _SourceWeights(Mapping):
     fused stem, concatenated only when asked for (one layer's copy at a time, not a second copy of every
     linear weight of the model)."""
 
-    def __init__(self, model, arch: Architecture):
-        self.mods = dict(model.named_modules())
+    def __init__(self, layerwise, arch: Architecture):
+        self.layerwise = layerwise  # read from the checkpoint's safetensors, one fused stem at a time
         self.linears = arch.onnx.linears
         self.where = {f"{arch.onnx.layer(i)}.{stem}": (arch.layer(i), stem)
-                      for i in range(len(model.get_submodule(arch.layers))) for stem in self.linears}
+                      for i in range(layerwise.n_layers) for stem in self.linears}
 
     def __getitem__(self, key: str):
         import torch
 
         prefix, stem = self.where[key]
-        return torch.cat([self.mods[f"{prefix}.{n}"].weight.detach() for n in self.linears[stem]])
+        return torch.cat([self.layerwise._tensor(f"{prefix}.{n}.weight") for n in self.linears[stem]])
 
     def __iter__(self):
         return iter(self.where)
@@ -173,8 +172,8 @@ class ONNXExporter(Exporter):
         chunks = ref.calibration_chunks(ctx.calibration)
         layers = ctx.ckpt.config["num_hidden_layers"]
         with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
-            weights = quantize_decoder(ref.model, chunks, opts.block_size, on_layer=advance, arch=arch)
-        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.model, arch), arch.onnx)
+            weights = quantize_decoder(ref.layerwise, chunks, opts.block_size, on_layer=advance, arch=arch)
+        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.layerwise, arch), arch.onnx)
         ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
                                "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
 
@@ -217,11 +216,12 @@ class ONNXExporter(Exporter):
         same_ids = folder_ids == ref.heldout_ids
         measured = self._measure(ctx, folder, quant)
         runtime, prompt, metrics = measured["greedy"], measured["prompt"], measured["metrics"]
-        # the greedy check needs the whole source model; loaded first, it also gives ref.logits (no layerwise pass)
-        source = hf_greedy(ref.model, prompt, GREEDY_TOKENS, _eos_ids(folder))
-        greedy = {"prompt_tokens": len(prompt), "new_tokens": len(source), "identical": runtime == source,
-                  "identical_prefix": common_prefix(runtime, source)}
-        if quant == "fp32" and runtime != source:
+        # the source's greedy choice after every prefix of the runtime's continuation, in one layerwise pass
+        # (teacher forcing): equal to running the source greedily, without the whole model in memory
+        agree = greedy_agreement(ref.layerwise, prompt, runtime)
+        greedy = {"prompt_tokens": len(prompt), "new_tokens": len(runtime), "identical": agree == len(runtime),
+                  "identical_prefix": agree}
+        if quant == "fp32" and not greedy["identical"]:
             failures.append((f"greedy continuation differs from the source after {greedy['identical_prefix']} tokens",
                              HINTS["lossless"]))
         if own:
@@ -291,11 +291,6 @@ def _describe(quant: str, opts: OnnxOptions) -> str:
     if quant == "int8":
         return f"int8 MatMulNBits, block {opts.block_size}, round-to-nearest, {level}"
     return f"{quant} weights and activations"
-
-
-def _eos_ids(folder: Path) -> set[int]:
-    eos = json.loads((folder / "genai_config.json").read_text())["model"].get("eos_token_id")
-    return set(eos) if isinstance(eos, list) else {eos} if eos is not None else set()
 
 
 def _check_divisible(config: dict, block: int) -> None:

@@ -108,48 +108,73 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
                      arch: Architecture | None = None) -> dict[str, Int4Weight]:
     """GPTQ every decoder-layer Linear of ``model`` on the calibration ``chunks``, layer by layer.
 
+    ``model``: a :class:`~koquant.exporters.layerwise.LayerwiseModel` (one float32 layer in memory at a
+    time, what the exporter uses) or a whole transformers model (bit-identical results).
     Returns ``{"<layer>.<stem>": Int4Weight}``, keyed like the builder's MatMulNBits weights
     (``arch.onnx``: the registry entry's builder names; by default the entry ``model.config`` names).
     The model's own weights are left exactly as they were.
     """
-    import torch
+    from ..layerwise import LayerwiseModel
 
+    if isinstance(model, LayerwiseModel):
+        arch = arch or model.arch
+        inputs = model.layer_inputs(chunks.ids)
+        result: dict[str, Int4Weight] = {}
+        for i in range(model.n_layers):
+            prefix = arch.layer(i)
+            model._load(prefix)
+            try:
+                inputs = _quantize_layer(model.model.get_submodule(prefix), i, inputs, arch, block, percdamp, result)
+            finally:
+                model._drop(prefix)
+            if on_layer is not None:
+                on_layer()
+        return result
     arch = arch or architecture_for(model.config)
     layers = model.get_submodule(arch.layers)
-    linears = arch.onnx.linears
     inputs = capture_layer_inputs(model, layers, chunks.ids)
-    result: dict[str, Int4Weight] = {}
+    result = {}
     for i, layer in enumerate(layers):
-        mods = dict(layer.named_modules())
-        hess: dict[str, torch.Tensor] = {}
-        hooks = []
-        for stem, names in linears.items():
-            def acc(module, args, stem=stem):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
-                hess[stem] = hess.get(stem, 0) + 2 * (x.T @ x)
-            hooks.append(mods[names[0]].register_forward_pre_hook(acc))
-        try:
-            run_layer(layer, i, inputs)
-        finally:
-            for h in hooks:
-                h.remove()
-        tokens = sum(h.shape[0] * h.shape[1] for h, _ in inputs)
-        originals = {}
-        for stem, names in linears.items():
-            weight = torch.cat([mods[nm].weight.detach() for nm in names], dim=0)
-            q = gptq(weight, hess[stem] / tokens, block, percdamp)
-            result[f"{arch.onnx.layer(i)}.{stem}"] = q
-            deq, row = q.dequantize(), 0
-            for nm in names:
-                rows = mods[nm].weight.shape[0]
-                originals[nm] = mods[nm].weight.data
-                mods[nm].weight.data = deq[row:row + rows].to(originals[nm].dtype)
-                row += rows
-        try:
-            inputs = run_layer(layer, i, inputs)  # the next layer sees this layer's quantized outputs
-        finally:
-            for nm, data in originals.items():
-                mods[nm].weight.data = data
+        inputs = _quantize_layer(layer, i, inputs, arch, block, percdamp, result)
         if on_layer is not None:
             on_layer()
     return result
+
+
+def _quantize_layer(layer, i: int, inputs, arch: Architecture, block: int, percdamp: float,
+                    result: dict[str, Int4Weight]):
+    """GPTQ of one decoder layer's Linears from its ``inputs``; the next layer's inputs (through the quantized
+    weights). The layer's own weights are put back as they were."""
+    import torch
+
+    linears = arch.onnx.linears
+    mods = dict(layer.named_modules())
+    hess: dict[str, torch.Tensor] = {}
+    hooks = []
+    for stem, names in linears.items():
+        def acc(module, args, stem=stem):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
+            hess[stem] = hess.get(stem, 0) + 2 * (x.T @ x)
+        hooks.append(mods[names[0]].register_forward_pre_hook(acc))
+    try:
+        run_layer(layer, i, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    tokens = sum(h.shape[0] * h.shape[1] for h, _ in inputs)
+    originals = {}
+    for stem, names in linears.items():
+        weight = torch.cat([mods[nm].weight.detach() for nm in names], dim=0)
+        q = gptq(weight, hess[stem] / tokens, block, percdamp)
+        result[f"{arch.onnx.layer(i)}.{stem}"] = q
+        deq, row = q.dequantize(), 0
+        for nm in names:
+            rows = mods[nm].weight.shape[0]
+            originals[nm] = mods[nm].weight.data
+            mods[nm].weight.data = deq[row:row + rows].to(originals[nm].dtype)
+            row += rows
+    try:
+        return run_layer(layer, i, inputs)  # the next layer sees this layer's quantized outputs
+    finally:
+        for nm, data in originals.items():
+            mods[nm].weight.data = data

@@ -17,22 +17,23 @@ ROUTE = ("tokenize with the source tokenizer (tokenizer.json through transformer
          "render prompts with the chat template through jinja2")
 
 
-def hf_greedy(model, prompt: list[int], new_tokens: int, eos_ids: set[int]) -> list[int]:
-    """Greedy continuation by the source model in transformers (stops at EOS, like the runtime)."""
-    import torch
+def greedy_agreement(layerwise, prompt: list[int], continuation: list[int]) -> int:
+    """How many tokens of ``continuation`` (a runtime's greedy continuation of ``prompt``) the source model
+    itself would have chosen greedily: the source's argmax after every prefix, all in one layerwise pass
+    (teacher forcing), so the whole model never has to be in memory. Equal to running the source greedily
+    and comparing, up to the first difference."""
+    import numpy as np
 
-    out: list[int] = []
-    past, x = None, torch.tensor([prompt])
-    with torch.inference_mode():
-        for _ in range(new_tokens):
-            res = model(input_ids=x, past_key_values=past, use_cache=True)
-            past = res.past_key_values
-            nxt = int(res.logits[0, -1].argmax())
-            out.append(nxt)
-            if nxt in eos_ids:
-                break
-            x = torch.tensor([[nxt]])
-    return out
+    if not continuation:
+        return 0
+    logits = layerwise.logits([list(prompt) + list(continuation)])[0]
+    choice = np.argmax(logits[len(prompt) - 1: len(prompt) - 1 + len(continuation)], axis=-1)
+    n = 0
+    for want, got in zip(choice, continuation):
+        if int(want) != int(got):
+            break
+        n += 1
+    return n
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
