@@ -74,7 +74,7 @@ def main() -> None:
         if args.repeats:
             options["repeats"] = args.repeats
         from koquant.cli.bench import print_summary, run_bench
-        from koquant.cli.export import _progress
+        from koquant.cli.console import progress_bar as _progress
 
         load_before = os.getloadavg()
         cpu0 = _cpu_seconds()
