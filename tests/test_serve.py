@@ -235,8 +235,19 @@ def test_bad_input_gets_openai_errors(server):
 def test_api_key_is_required_on_every_request(gguf_exports):
     path = gguf_exports(DEFAULT_MODEL).path
     with Server(path, "--quant", "Q4_K_M", key="s3cret", env={"KOQUANT_API_KEY": "s3cret"}) as s:
-        assert s.openai().chat.completions.create(model=f"{DEFAULT_MODEL}:Q4_K_M", messages=MESSAGES,
-                                                  max_tokens=2).choices
+        # `koquant serve OUT --quant Q4_K_M` answers the official client, streamed and not, on the source's ids
+        whole = s.openai().chat.completions.create(model=f"{DEFAULT_MODEL}:Q4_K_M", messages=MESSAGES,
+                                                   max_tokens=6, seed=3, temperature=0.7)
+        streamed = "".join(c.choices[0].delta.content or "" for c in s.openai().chat.completions.create(
+            model=f"{DEFAULT_MODEL}:Q4_K_M", messages=MESSAGES, max_tokens=6, seed=3, temperature=0.7, stream=True)
+            if c.choices)
+        assert streamed == whole.choices[0].message.content
+        import koquant
+
+        with koquant.load(path, quant="Q4_K_M") as lib:
+            ids = lib.encode_chat(MESSAGES)
+        assert s.post("/tokenize", {"messages": MESSAGES}).json()["tokens"] == ids
+        assert whole.usage.prompt_tokens == len(ids)
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = httpx.get(s.url + "/v1/models", headers=headers)
             assert _error(r, 401)["code"] == "invalid_api_key"
