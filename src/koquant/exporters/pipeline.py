@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import shutil
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import __version__
@@ -147,8 +147,8 @@ def _export_part(ctx: ExportContext, exporter, base_model: str | None) -> Manife
     exporter.finalize(ctx, manifest)
     write_model_card(ctx.out, manifest, library=exporter.format.library, usage=exporter.usage(manifest))
     # every other file's size and sha256, for `koquant verify`
-    scratch = [p.name for p in ctx.out.iterdir() if p.is_dir() and p.name.startswith(".work")]
-    manifest.inventory = inventory(ctx.out, {f.path: f.sha256 for f in files if f.sha256}, skip=tuple(scratch))
+    scratch = (ctx.work.relative_to(ctx.out).parts[0],) if ctx.out in ctx.work.parents else ()
+    manifest.inventory = inventory(ctx.out, {f.path: f.sha256 for f in files if f.sha256}, skip=scratch)
     write_manifest(ctx.out, manifest)
     return manifest
 
@@ -158,10 +158,8 @@ def bundle_manifest(parts: list[Manifest], folders: list[str]) -> Manifest:
     first = parts[0]
     files = []
     for folder, m in zip(folders, parts):
-        for f in m.files:
-            files.append(ArtifactFile(f"{folder}/{f.path}", f.quant, f.sha256, f.size, dict(f.tensor_types),
-                                      list(f.fallbacks), dict(f.validation), list(f.notes),
-                                      {"format": m.format, **f.extra}))
+        files += [replace(f, path=f"{folder}/{f.path}", extra={"format": m.format, **f.extra}, _keys=None)
+                  for f in m.files]
     calibration = None
     used = [(folder, m.calibration) for folder, m in zip(folders, parts) if m.calibration]
     if used:  # one text for all; how each format used it (the GGUF's imatrix file, ...) under its folder

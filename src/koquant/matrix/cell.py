@@ -47,11 +47,11 @@ def run_cell(cell: Cell, out: Path) -> dict:
     record = {"status": "done", "export_s": time.time() - t0, "files": files}
     if cell.bench:
         from ..bench import bench
-        from ..source.checkpoint import Checkpoint
+        from ..source.hub import local_model
 
         t1 = time.time()
         targets = [folder / sub for sub in (art.record.parts or {})] or [folder]
-        source_dir = Checkpoint.open(cell.source).path  # a Hub id: its cached snapshot
+        source_dir = local_model(cell.source)[0]  # a Hub id: its cached snapshot
         report = bench(source_dir, targets, folder.parent / f"{cell.recipe}.bench", threads=cell.threads, force=True)
         speed = {e["name"]: e.get("decode_tok_s") for e in report.exports}
         for f in files:

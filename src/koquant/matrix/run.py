@@ -73,14 +73,9 @@ def memory_for(cell: Cell) -> int:
     """Bytes of RAM the cell's export needs (koquant plan's estimate from config.json), for Ray's scheduler."""
     from ..plan.export_memory import export_peak
     from ..plan.model_spec import spec_from_path
-    from ..source.hub import resolve_model
+    from ..source.hub import local_model
 
-    folder, hub, remote = resolve_model(cell.source)
-    if remote:
-        from ..source.hub import fetch
-
-        folder, _ = fetch(hub)
-    spec = spec_from_path(folder)
+    spec = spec_from_path(local_model(cell.source)[0])
     return export_peak(spec, {r["fmt"]: r["quants"] for r in cell.recipes}, imatrix=True)
 
 

@@ -103,8 +103,7 @@ def serve(artifact: str | os.PathLike, *, quant: str | None = None, host: str = 
     from .. import procs
 
     with procs.step("koquant's runtime", f"loading {first.variant.name} for koquant serve"):
-        first.sessions = first._load_all()
-    first._free = list(first.sessions)
+        first.load_now()
     sock = bind(host, port)
     where = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
 

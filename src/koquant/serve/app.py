@@ -347,29 +347,26 @@ def create_app(models: Models, *, api_key: str | None = None, max_body: int = 4 
     async def get_model(model_id: str):
         return model_entry(models.find(model_id).variant.name)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def generation(request: Request, kind: str) -> GenerationResponse:
         arrived = time.perf_counter()
-        req = schema.parse_chat(await body_of(request))
+        data = await body_of(request)
+        req = schema.parse_chat(data) if kind == "chat" else schema.parse_completion(data)
         pool = await opened(req.model, req.sampling)
 
         def start(session):
-            ids = session.encode_chat(req.messages)
-            return len(ids), session.chat(req.messages, stream=True, ignore_eos=req.ignore_eos, **req.sampling)
+            run = session.chat if kind == "chat" else session.complete
+            return run(req.messages if kind == "chat" else req.prompt, stream=True, ignore_eos=req.ignore_eos,
+                       **req.sampling)
 
-        return GenerationResponse(state, pool, req, start, arrived, "chat")
+        return GenerationResponse(state, pool, req, start, arrived, kind)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generation(request, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        arrived = time.perf_counter()
-        req = schema.parse_completion(await body_of(request))
-        pool = await opened(req.model, req.sampling)
-
-        def start(session):
-            ids = session.tokenize(req.prompt, add_special_tokens=True)
-            return len(ids), session.complete(req.prompt, stream=True, ignore_eos=req.ignore_eos, **req.sampling)
-
-        return GenerationResponse(state, pool, req, start, arrived, "completion")
+        return await generation(request, "completion")
 
     @app.post("/tokenize")
     async def tokenize(request: Request):

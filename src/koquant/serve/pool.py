@@ -159,9 +159,16 @@ class SessionPool:
                 self._loading = None
             raise
         if not self.sessions:
-            self.sessions = list(sessions)
-            self._free = list(sessions)
+            self._adopt(sessions)
         self._loading = None
+
+    def load_now(self) -> None:
+        """Load the sessions in this thread (before the server starts)."""
+        self._adopt(self._load_all())
+
+    def _adopt(self, sessions: list) -> None:
+        self.sessions = list(sessions)
+        self._free = list(sessions)
 
     def _load_all(self) -> list:
         from ..runtime import load
@@ -344,7 +351,7 @@ class Job:
     """
 
     session: object
-    start_call: Callable  # session -> (prompt_tokens, iterator of text pieces)
+    start_call: Callable  # session -> iterator of text pieces (Session.chat / complete with stream=True)
     stops: tuple[str, ...]
     arrived: float
     loop: asyncio.AbstractEventLoop
@@ -371,14 +378,15 @@ class Job:
         out = self.outcome
         stop = StopMatcher(self.stops)
         pieces = None
+        before = getattr(self.session, "last", None)  # the previous generation's stats, until this one starts
         try:
             try:
-                out.prompt_tokens, pieces = self.start_call(self.session)
+                pieces = self.start_call(self.session)
             except BaseException as e:  # noqa: BLE001 - reported to the request, which turns it into an answer
                 out.error = e
                 self._send("error", e)
                 return
-            self._send("started", out.prompt_tokens)
+            self._send("started", None)
             for piece in pieces:
                 if out.ttft is None:
                     out.ttft = time.perf_counter() - self.arrived
@@ -400,7 +408,8 @@ class Job:
             if pieces is not None and hasattr(pieces, "close"):
                 pieces.close()  # ends the session's token loop (its finally records the timing)
             st = getattr(self.session, "last", None)
-            if st is not None and pieces is not None:
+            if st is not None and st is not before and pieces is not None:
+                out.prompt_tokens = st.prompt_tokens
                 out.new_tokens = st.new_tokens
                 out.decode_tokens = max(st.new_tokens - 1, 0)
                 out.decode_s = st.decode_s

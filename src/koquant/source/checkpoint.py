@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .architectures import Architecture, Dims, resolve_architecture
-from .hub import HubRef, fetch, resolve_model
+from .hub import HubRef, local_model
 from ..errors import CheckpointError, UnsafeInputError
 from .safetensors import TensorInfo, _is_int, read_safetensors_header
 
@@ -145,9 +145,7 @@ class Checkpoint:
     @classmethod
     def open(cls, path: str | os.PathLike, *, allow_pickle: bool = False) -> "Checkpoint":
         """A local HF folder, or a Hub id ``org/name[@revision]`` (:mod:`.hub`) when no such folder exists."""
-        folder, hub, remote = resolve_model(path)
-        if remote:
-            folder, hub = fetch(hub, allow_pickle=allow_pickle)
+        folder, hub = local_model(path, allow_pickle=allow_pickle)
         if not folder.exists():
             raise CheckpointError(f"model folder {folder} does not exist",
                                   hint="pass the path of a local Hugging Face model folder, or a Hub id org/name")

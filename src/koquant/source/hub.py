@@ -12,7 +12,9 @@ its repo, not after the commit hash, and records where it came from.
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +106,34 @@ def resolve_model(path) -> tuple[Path, HubRef | None, bool]:
     return p, ref, True
 
 
+def local_model(path, *, allow_pickle: bool = False) -> tuple[Path, HubRef | None]:
+    """The local folder a MODEL argument names (a Hub id fetched, or found in the cache) and its Hub origin."""
+    folder, hub, remote = resolve_model(path)
+    if remote:
+        folder, hub = fetch(hub, allow_pickle=allow_pickle)
+    return folder, hub
+
+
 def model_name(path) -> str:
     """The name a MODEL argument goes by: its Hub repo's name (for a Hub id or a cache snapshot), else its folder's."""
     folder, hub, _ = resolve_model(path)
     return hub.name if hub is not None else folder.resolve().name
+
+
+#: where the Hub cache is; a library that rewrites these on import (GPTQModel's tokenicer points them at /tmp)
+#: would send later lookups, and every child process, to another cache
+HUB_ENV = ("HF_HOME", "HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_MODULES_CACHE")
+
+
+@contextmanager
+def hub_env_kept():
+    """Run the body (an import) and put the Hub cache variables back as they were."""
+    saved = {k: os.environ.get(k) for k in HUB_ENV}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

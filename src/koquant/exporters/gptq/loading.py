@@ -86,11 +86,22 @@ def defused_experts(config: dict):
                     setattr(obj, name, value)
 
 
+def import_gptqmodel():
+    """``gptqmodel``, imported so that it leaves the Hub cache variables alone (its tokenicer sets HF_HOME and
+    HF_HUB_CACHE to a folder in /tmp on import)."""
+    from ...source.hub import hub_env_kept
+
+    with hub_env_kept():
+        import gptqmodel
+    return gptqmodel
+
+
 def load_quantized(folder: Path | str, **kwargs):
     """``AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", **kwargs)`` in eval mode, with a mixture of
     experts' experts defused for the load (:func:`defused_experts`)."""
     import json
 
+    import_gptqmodel()  # transformers would import it for the GPTQ checkpoint, without keeping the Hub variables
     from transformers import AutoModelForCausalLM
 
     config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))

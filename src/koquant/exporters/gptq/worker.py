@@ -21,7 +21,11 @@ import time
 
 def quantize(job: dict) -> None:
     import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
+
+    from .loading import import_gptqmodel
+
+    gptqmodel = import_gptqmodel()
+    GPTQModel, QuantizeConfig = gptqmodel.GPTQModel, gptqmodel.QuantizeConfig
 
     qc = QuantizeConfig(
         bits=job["bits"], group_size=job["group_size"], desc_act=job["act_order"], sym=job["sym"],

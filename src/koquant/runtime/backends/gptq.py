@@ -26,7 +26,9 @@ class GPTQBackend(HFBackend):
     @classmethod
     def import_runtime(cls) -> None:
         super().import_runtime()
-        import gptqmodel  # noqa: F401
+        from ...exporters.gptq.loading import import_gptqmodel
+
+        import_gptqmodel()
         import optimum  # noqa: F401
 
     @classmethod
