@@ -39,6 +39,17 @@ def test_one_artifact_with_a_folder_per_format(bundle):
     assert len({p["calibration"]["sha256"] for p in parts.values()}) == 1
     assert len({json.dumps(p["evaluation"], sort_keys=True) for p in parts.values()}) == 1
     assert top["calibration"]["parts"]["gguf"]["file"] == "imatrix.gguf"
+    # the same chunks (tokenized and hashed once) for every format; GGUF's importance matrix and ONNX int4's
+    # GPTQ from one walk over the source
+    assert len({p["calibration"]["chunks_sha256"] for p in parts.values()}) == 1
+    assert top["calibration"]["chunks_sha256"] == parts["gguf"]["calibration"]["chunks_sha256"]
+    one_pass = ["importance matrix (gguf)"] + (["int4 GPTQ, block 32 (onnx)"] if "onnx" in FORMATS else [])
+    assert parts["gguf"]["calibration"]["one_pass"] == one_pass
+    for f in ("gguf", "onnx"):
+        if f in FORMATS:
+            assert parts[f]["calibration"]["one_pass"] == one_pass == top["calibration"]["parts"][f]["one_pass"]
+    if "gptq" in FORMATS:  # GPTQModel computes its Hessians in its own process, from the same chunks
+        assert "one_pass" not in parts["gptq"]["calibration"] and "GPTQModel" in parts["gptq"]["calibration"]["used_for"]
     card = (bundle / "README.md").read_text()
     for f in FORMATS:
         assert f"## {f.upper()} (`{f}/`)" in card and (bundle / f / "README.md").is_file()

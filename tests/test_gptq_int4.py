@@ -8,7 +8,6 @@ import torch
 
 from koquant.errors import RecipeError
 from koquant.exporters.onnx.int4_gptq import PERCDAMP, gptq, rtn
-from koquant.exporters.onnx.matmulnbits import pack, unpack
 
 
 def _layer(seed: int = 0, n: int = 48, k: int = 128, tokens: int = 2048):
@@ -35,12 +34,22 @@ def test_grid_puts_the_largest_magnitude_on_code_zero():
     assert float((err <= step / 2 + 1e-7).float().mean()) > 0.99
 
 
-def test_pack_unpack_roundtrip_low_nibble_first():
-    codes = np.arange(64, dtype=np.uint8).reshape(2, 32) % 16
-    packed = pack(codes, 16)
-    assert packed.shape == (2, 2, 8)
-    assert packed[0, 0, 0] == codes[0, 0] | (codes[0, 1] << 4)
-    assert np.array_equal(unpack(packed), codes)
+def test_gptq_layout_packs_eight_codes_per_word_lowest_first():
+    """The builder's GPTQ input (``quantized_input``): qweight [K/8, N], qzeros [K/block, N/8] holding 8 - 1."""
+    from koquant.exporters.onnx.quantized_input import gptq_tensors
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 16, (16, 64)).astype(np.uint8)  # N=16 outputs, K=64 inputs
+    scales = rng.random((16, 2)).astype(np.float32)
+    t = gptq_tensors(codes, scales, 32)
+    assert t["qweight"].dtype == np.int32 and t["qweight"].shape == (8, 16)
+    words = t["qweight"].view(np.uint32)
+    back = np.array([[(words[k // 8, n] >> (4 * (k % 8))) & 15 for k in range(64)] for n in range(16)])
+    assert np.array_equal(back, codes)
+    zeros = t["qzeros"].view(np.uint32)
+    assert zeros.shape == (2, 2)
+    assert {int((w >> (4 * j)) & 15) for w in zeros.reshape(-1) for j in range(8)} == {7}
+    assert np.array_equal(t["scales"], scales.T) and np.array_equal(t["g_idx"], np.arange(64) // 32)
 
 
 @pytest.mark.parametrize("block", [32, 128])

@@ -109,6 +109,40 @@ def test_layerwise_int4_gptq_is_bit_identical():
     assert all(p.is_meta for p in lw.model.parameters()), "weights stayed in memory after GPTQ"
 
 
+def test_one_walk_gives_every_pass_what_it_gives_alone(monkeypatch):
+    """The shared calibration of a multi-format export: the importance matrix and int4 GPTQ from one walk,
+    each decoder layer loaded from the checkpoint once, equal to the whole model's results of each alone."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from koquant.exporters.gguf.imatrix import ImatrixPass, compute_imatrix
+    from koquant.exporters.layerwise import LayerwiseModel
+    from koquant.exporters.onnx.int4_gptq import GPTQPass, quantize_decoder
+    from koquant.quant_recipes.calibration import Chunks
+    from koquant.source.checkpoint import Checkpoint
+
+    folder = build_miniature("komt-mini")
+    arch = Checkpoint.open(folder).architecture
+    lw = LayerwiseModel(folder)
+    chunks = Chunks(tuple(map(tuple, _chunks(lw.config.vocab_size, 2, 64))), 64, 128)
+    loads = []
+    load = lw._load
+    monkeypatch.setattr(lw, "_load", lambda prefix: (loads.append(prefix), load(prefix))[1])
+    layers = []
+    imatrix, weights = lw.walk(chunks.ids, [ImatrixPass(arch), GPTQPass(32)], on_layer=lambda: layers.append(1))
+    assert len(layers) == lw.n_layers and sorted(loads) == sorted({*loads}), f"a layer was loaded twice: {loads}"
+    full = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    alone_imatrix = compute_imatrix(full, arch, chunks)
+    assert imatrix.names() == alone_imatrix.names() and imatrix.n_chunks == 2
+    assert all(np.array_equal(imatrix.sum2[n], alone_imatrix.sum2[n])
+               and np.array_equal(imatrix.counts[n], alone_imatrix.counts[n]) for n in imatrix.names())
+    alone = quantize_decoder(full, chunks, 32, arch=arch)
+    assert weights.keys() == alone.keys()
+    assert all(torch.equal(weights[k].codes, alone[k].codes) and torch.equal(weights[k].scales, alone[k].scales)
+               for k in weights)
+    assert all(p.is_meta for p in lw.model.parameters())
+
+
 def test_greedy_agreement_is_greedy_decoding():
     """The teacher-forced greedy check equals the source's own greedy decoding, and finds the first difference."""
     import torch

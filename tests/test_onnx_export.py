@@ -215,3 +215,51 @@ def test_builder_reads_gemma3_rope_flat_with_the_local_base():
                                   "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}}
     with pytest.raises(RecipeError, match="sliding-window layers"):
         builder_config(scaled)
+
+
+def test_int4_codes_reach_the_builder_as_a_gptq_checkpoint(miniature, tmp_path):
+    """koquant's round-to-nearest is the builder's own int4, code for code; and given as a GPTQ checkpoint
+    (how koquant hands the builder its codes, so that it never holds the model in float32) they make a
+    graph whose logits are the builder's own graph's exactly."""
+    import numpy as np
+    import onnx
+    import onnxruntime_genai as og
+    from onnx import numpy_helper
+
+    from koquant.exporters.layerwise import LayerwiseModel
+    from koquant.exporters.onnx import builder, quantized_input
+    from koquant.exporters.onnx.exporter import _PlainInt4, _SourceWeights
+    from koquant.exporters.onnx.matmulnbits import layer_weight_nodes, unpack
+
+    source = miniature("komt-mini")
+    lw = LayerwiseModel(source)
+    arch = lw.arch
+    own = tmp_path / "builder-own"
+    builder.build(source, own, "int4", tmp_path / "cache", block_size=32, accuracy_level=4, algo="rtn", lm_head="int8")
+    plain = _PlainInt4(_SourceWeights(lw, arch), 32)
+    nodes = layer_weight_nodes(onnx.load(str(own / "model.onnx")), arch.onnx)
+    assert set(nodes) == set(plain) and len(nodes) == lw.n_layers * len(arch.onnx.linears)
+    for key, (_, b, s) in nodes.items():
+        q = plain[key]
+        n, k = q.codes.shape
+        assert np.array_equal(unpack(numpy_helper.to_array(b))[:, :k], q.codes.numpy()), key
+        assert np.array_equal(numpy_helper.to_array(s).reshape(n, -1), q.scales.numpy()), key
+
+    given = tmp_path / "from-gptq-checkpoint"
+    checkpoint = quantized_input.write(source, tmp_path / "gptq-input", plain, arch, 32)
+    builder.build(checkpoint, given, "int4", tmp_path / "cache", block_size=32, accuracy_level=4, algo="rtn",
+                  lm_head="int8")
+    graph = onnx.load(str(given / "model.onnx"), load_external_data=False)
+    assert not any(n.op_type == "MatMul" and n.name.startswith("/model/layers.") for n in graph.graph.node)
+
+    def logits(folder):
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=96)
+        gen = og.Generator(model, params)
+        gen.append_tokens(lw_ids)
+        return np.array(gen.get_logits())
+
+    lw_ids = list(range(5, 69))
+    a, b = logits(own), logits(given)
+    assert np.abs(a).max() > 1 and np.array_equal(a, b)

@@ -136,6 +136,13 @@ class Exporter:
     def needs_calibration(self, recipe: Recipe) -> bool:
         raise NotImplementedError
 
+    def calibration_passes(self, recipe: Recipe) -> dict:
+        """The layer passes over the calibration chunks this export needs (key -> (label, factory of a
+        ``layerwise.LayerPass``)); the pipeline runs those of every format of one export in one walk over
+        the source (``reference.SharedCalibration``), and ``export`` takes the results with
+        ``ctx.shared.get(key, ctx)``. Default: none (a format whose backend calibrates by itself)."""
+        return {}
+
     def export(self, ctx) -> list[ArtifactFile]:
         """Write the files into ``ctx.out``, each validated (its ``validation`` record filled)."""
         raise NotImplementedError

@@ -128,6 +128,37 @@ def _release_freed_memory() -> None:
 _malloc_trim = None
 
 
+class LayerPass:
+    """Something computed from the calibration chunks layer by layer (:meth:`LayerwiseModel.walk`).
+
+    ``begin`` gets the model and the first layer's inputs, ``layer`` each decoder layer while it is in
+    memory (in order), ``end`` is called once the walk stops (also on an error), ``result`` after it.
+    A pass must leave the layer's weights as it found them: the next pass runs the same layer.
+    """
+
+    def begin(self, model: "LayerwiseModel", inputs: list[tuple]) -> None:
+        self.states = inputs
+
+    def layer(self, index: int, layer) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        pass
+
+    def result(self):
+        raise NotImplementedError
+
+
+class ForwardPass(LayerPass):
+    """The chunks through every layer as the model's forward runs them; the last layer's hidden states."""
+
+    def layer(self, index: int, layer) -> None:
+        self.states = run_layer(layer, index, self.states)
+
+    def result(self) -> list:
+        return [h for h, _ in self.states]
+
+
 class LayerwiseModel:
     """A causal LM whose weights stay on disk until the layer that needs them runs."""
 
@@ -238,19 +269,37 @@ class LayerwiseModel:
         finally:
             self._drop(embed)
 
+    def walk(self, chunks: Sequence[Sequence[int]], passes: Sequence["LayerPass"],
+             on_layer: Callable[[], None] | None = None) -> list:
+        """Run every pass over the decoder, each layer loaded from disk once for all of them; their results.
+
+        Every pass starts from the same first-layer inputs of ``chunks`` and keeps its own stream of
+        hidden states (the importance matrix follows the source's float activations, a GPTQ pass its
+        own partly quantized model's), so each gives exactly what it gives walking alone.
+        """
+        inputs = self.layer_inputs(chunks)
+        for p in passes:
+            p.begin(self, inputs)
+        try:
+            for i in range(self.n_layers):
+                prefix = self.arch.layer(i)
+                self._load(prefix)
+                try:
+                    layer = self.model.get_submodule(prefix)
+                    for p in passes:
+                        p.layer(i, layer)
+                finally:
+                    self._drop(prefix)
+                if on_layer is not None:
+                    on_layer()
+        finally:
+            for p in passes:
+                p.end()
+        return [p.result() for p in passes]
+
     def run_decoder(self, chunks: Sequence[Sequence[int]], on_layer: Callable[[], None] | None = None) -> list:
         """Every chunk through every decoder layer, one layer in memory at a time; the last hidden states."""
-        states = self.layer_inputs(chunks)
-        for i in range(self.n_layers):
-            prefix = self.arch.layer(i)
-            self._load(prefix)
-            try:
-                states = run_layer(self.model.get_submodule(prefix), i, states)
-            finally:
-                self._drop(prefix)
-            if on_layer is not None:
-                on_layer()
-        return [h for h, _ in states]
+        return self.walk(chunks, [ForwardPass()], on_layer)[0]
 
     def logits(self, chunks: Sequence[Sequence[int]], on_layer: Callable[[], None] | None = None) -> list[np.ndarray]:
         """Next-token logits (float32) of every chunk: what ``model(input_ids).logits[0]`` gives."""

@@ -17,7 +17,7 @@ from ..errors import RecipeError, ValidationError
 from . import get_exporter
 from ..artifact.modelcard import write_bundle_card, write_model_card
 from ..quant_recipes.recipe import Recipe
-from .reference import Reference
+from .reference import Reference, SharedCalibration
 
 
 @dataclass
@@ -32,6 +32,7 @@ class ExportContext:
     work: Path  # scratch space, removed before the artifact is published
     calibration: TextSet | None
     progress: object = None
+    shared: SharedCalibration | None = None  # the calibration passes of every format of this export, run once
     # what the exporter records for the manifest (set by export(), read by build_manifest):
     calibration_use: dict = field(default_factory=dict)  # how it used the calibration text (GGUF: its imatrix)
     record: dict | None = None  # the format's own record: the manifest's section named after the format
@@ -104,12 +105,14 @@ def export(model_dir, recipe: Recipe | list[Recipe], out, *, allow_pickle: bool 
         work = tmp / ".work"
         source_dir = ckpt.stage(work / "source")
         reference = Reference(ckpt, source_dir, recipes[0], heldout)  # its logits are computed once, for every gate
+        passes = {k: v for e, r in zip(exporters, recipes) for k, v in e.calibration_passes(r).items()}
+        shared = SharedCalibration(reference, calibration, passes) if passes else None
         parts = []
         for r, exporter in zip(recipes, exporters):
             folder = tmp if len(recipes) == 1 else tmp / r.fmt
             folder.mkdir(exist_ok=True)
             part_work = work if len(recipes) == 1 else work / r.fmt
-            ctx = ExportContext(ckpt, r, reference, source_dir, folder, part_work, calibration, progress)
+            ctx = ExportContext(ckpt, r, reference, source_dir, folder, part_work, calibration, progress, shared)
             parts.append(_export_part(ctx, exporter, base_model))
         shutil.rmtree(work)
         if len(parts) == 1:
@@ -163,7 +166,10 @@ def bundle_manifest(parts: list[Manifest], folders: list[str]) -> Manifest:
     calibration = None
     used = [(folder, m.calibration) for folder, m in zip(folders, parts) if m.calibration]
     if used:  # one text for all; how each format used it (the GGUF's imatrix file, ...) under its folder
-        shared = {k: v for k, v in used[0][1].items() if k in ("name", "sha256", "documents", "chat_rendered")}
+        shared = {k: v for k, v in used[0][1].items() if k in ("name", "sha256", "documents", "chat_rendered",
+                                                                "chunks", "chunk_size", "tokens", "chunks_sha256",
+                                                                "one_pass")
+                  and all(cal.get(k) == v for _, cal in used)}
         calibration = {**shared, "parts": {folder: {k: v for k, v in cal.items() if k not in shared}
                                            for folder, cal in used}}
     return Manifest(

@@ -1,7 +1,8 @@
-"""The source model as the reference every export is measured against.
+"""The source model as the reference every export is measured against, and what calibration takes from it.
 
 It tokenizes the held-out and calibration text and computes the reference logits that every
-format's gate compares to. The logits (and the GGUF importance matrix) come from
+format's gate compares to, and (:class:`SharedCalibration`) the statistics the formats of one export
+derive from the calibration chunks, in one walk over the source. The logits (and the GGUF importance matrix) come from
 :class:`~koquant.exporters.layerwise.LayerwiseModel`, which holds one decoder layer in float32 at a time,
 so the reference costs a few layers of memory, not the whole model; ``model`` (the whole model
 in float32) is loaded only by the code that needs it (ONNX int4 GPTQ and greedy parity).
@@ -83,6 +84,13 @@ class Reference:
         return out
 
     def calibration_chunks(self, calib: TextSet) -> Chunks:
+        """The calibration text as token chunks (tokenized once per export, whichever formats use it)."""
+        cache = self.__dict__.setdefault("_chunks", {})
+        if calib.sha256 not in cache:
+            cache[calib.sha256] = self._calibration_chunks(calib)
+        return cache[calib.sha256]
+
+    def _calibration_chunks(self, calib: TextSet) -> Chunks:
         r = self.recipe
         if r.calib_chat:
             if not self.ckpt.chat_template:
@@ -96,3 +104,45 @@ class Reference:
         else:
             ids = self.encode(calib.plain_text())
         return chunk_tokens(ids, r.calib_ctx, r.calib_chunks, self.bos_id)
+
+
+class SharedCalibration:
+    """The calibration statistics of every format of one export, from one walk over the source.
+
+    Each exporter names the passes it needs (:meth:`~koquant.exporters.Exporter.calibration_passes`:
+    GGUF's importance matrix, ONNX int4's GPTQ codes); the first one asked for runs all of them in
+    one :meth:`~koquant.exporters.layerwise.LayerwiseModel.walk`, which loads each decoder layer from
+    the checkpoint once and runs every pass on it, each with its own stream of hidden states, so each
+    result is exactly what the pass gives alone (``tests/test_memory_bound.py``).
+    """
+
+    def __init__(self, reference: Reference, calibration: TextSet, passes: dict):
+        """``passes``: key -> (label, factory of a :class:`~koquant.exporters.layerwise.LayerPass`)."""
+        self.reference, self.calibration, self.passes = reference, calibration, dict(passes)
+        self.results: dict | None = None
+
+    @property
+    def chunks(self) -> Chunks:
+        return self.reference.calibration_chunks(self.calibration)
+
+    def get(self, key: str, ctx):
+        """The result of pass ``key``; the walk runs (with a progress bar on ``ctx``) the first time."""
+        if self.results is None:
+            chunks, lw = self.chunks, self.reference.layerwise
+            labels = ", ".join(label for label, _ in self.passes.values())
+            with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens): {labels}",
+                          lw.n_layers) as advance:
+                out = lw.walk(chunks.ids, [make() for _, make in self.passes.values()], on_layer=advance)
+            self.results = dict(zip(self.passes, out))
+        return self.results[key]
+
+    def release(self, key: str) -> None:
+        """Drop the result of pass ``key`` once its format has written it (int4 codes: a byte per weight)."""
+        if self.results is not None:
+            self.results[key] = None
+
+    def use(self) -> dict:
+        """What the manifest records of it, beside each format's own use of the text."""
+        chunks = self.chunks
+        return {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx, "tokens": chunks.n_tokens,
+                "chunks_sha256": chunks.sha256, "one_pass": [label for label, _ in self.passes.values()]}

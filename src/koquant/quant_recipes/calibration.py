@@ -182,6 +182,11 @@ class Chunks:
     def n_tokens(self) -> int:
         return sum(len(c) for c in self.ids)
 
+    @property
+    def sha256(self) -> str:
+        """The token ids themselves, hashed: equal for every format calibrated on the same chunks."""
+        return hashlib.sha256(json.dumps([list(c) for c in self.ids]).encode("ascii")).hexdigest()
+
 
 def chunk_tokens(tokens: list[int], n_ctx: int, max_chunks: int | None, bos_id: int | None) -> Chunks:
     """Split one token stream into ``n_ctx`` chunks; the first token of each becomes BOS."""

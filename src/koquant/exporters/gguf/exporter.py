@@ -24,9 +24,10 @@ from ...source.checkpoint import sha256_file
 from .. import Exporter
 from ..gate import HINTS, compare_logits, judge, token_mismatch
 from . import llamacpp
-from .imatrix import compute_imatrix
+from .imatrix import ImatrixPass
 
 IMATRIX_FILE = "imatrix.gguf"  # the importance matrix, saved beside the files quantized with it
+IMATRIX_PASS = "imatrix"  # its calibration pass (reference.SharedCalibration)
 _BASE_OUTTYPE = {"float32": ("f32", "F32"), "bfloat16": ("bf16", "BF16"), "float16": ("f16", "F16")}
 
 
@@ -65,6 +66,9 @@ class GGUFExporter(Exporter):
     def needs_calibration(self, recipe) -> bool:
         return recipe.imatrix and recipe.calib is not None and any(FILE_TYPES[q].quantized for q in recipe.quants)
 
+    def calibration_passes(self, recipe) -> dict:
+        return {IMATRIX_PASS: ("importance matrix (gguf)", ImatrixPass)} if self.needs_calibration(recipe) else {}
+
     def export(self, ctx) -> list[ArtifactFile]:
         ckpt, recipe, ref = ctx.ckpt, ctx.recipe, ctx.reference
         name = recipe.name or ckpt.name
@@ -75,14 +79,10 @@ class GGUFExporter(Exporter):
 
         imatrix = None
         if self.needs_calibration(recipe):
-            chunks = ref.calibration_chunks(ctx.calibration)
-            layers = ref.layerwise.n_layers
-            with ctx.task(f"calibrating on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
-                imatrix = compute_imatrix(ref.layerwise, ckpt.architecture, chunks, on_layer=advance)
-            llamacpp.write_imatrix_gguf(ctx.out / IMATRIX_FILE, imatrix, ctx.calibration.name, chunks.n_ctx)
+            imatrix = ctx.shared.get(IMATRIX_PASS, ctx)
+            llamacpp.write_imatrix_gguf(ctx.out / IMATRIX_FILE, imatrix, ctx.calibration.name, ctx.shared.chunks.n_ctx)
             ctx.calibration_use = {"file": IMATRIX_FILE, "imatrix_sha256": sha256_file(ctx.out / IMATRIX_FILE),
-                                   "chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                                   "tokens": chunks.n_tokens, "tensors": len(imatrix.names())}
+                                   **ctx.shared.use(), "tensors": len(imatrix.names())}
 
         _copy_tokenizer(ctx)
         files = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...source.architectures import Architecture
+from ..layerwise import ForwardPass
 
 
 @dataclass
@@ -59,34 +60,10 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
 
     from ..layerwise import LayerwiseModel
 
-    result = Imatrix()
-    hooks = []
-
-    def make_hook(name: str):
-        def hook(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
-            result.add(name, (x * x).sum(dim=0).numpy()[None, :], np.array([x.shape[0]]))
-
-        return hook
-
-    hf = model.model if isinstance(model, LayerwiseModel) else model
-    for mod_name, module in hf.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            gname = arch.gguf_linear(mod_name)
-            if gname:
-                hooks.append(module.register_forward_pre_hook(make_hook(gname)))
-        elif arch.experts and hasattr(module, "gate_up_proj") and (split := arch.split_layer(mod_name + ".")):
-            hooks.append(module.register_forward_pre_hook(_experts_hook(result, arch, split[0], module)))
-    if not hooks:
-        raise RuntimeError(f"no linear layers of {arch.hf_class} matched the GGUF name table")
     if isinstance(model, LayerwiseModel):
-        try:
-            model.run_decoder(chunks.ids, on_layer=on_layer)
-            result.n_chunks = len(chunks.ids)
-        finally:
-            for h in hooks:
-                h.remove()
-        return result
+        return model.walk(chunks.ids, [ImatrixPass(arch)], on_layer=on_layer)[0]
+    result = Imatrix()
+    hooks = _hooks(model, arch, result, lambda: True)
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     try:
         with torch.inference_mode():
@@ -99,7 +76,66 @@ def compute_imatrix(model, arch: Architecture, chunks, on_layer=None) -> Imatrix
     return result
 
 
-def _experts_hook(result: Imatrix, arch: Architecture, layer: int, experts):
+class ImatrixPass(ForwardPass):
+    """The importance matrix as one pass of a :meth:`~koquant.exporters.layerwise.LayerwiseModel.walk`:
+    the source's own float activations (its stream of hidden states), collected only while this pass
+    runs a layer, so other passes of the same walk (a GPTQ pass running its partly quantized copy of
+    the layer) add nothing to it."""
+
+    def __init__(self, arch: Architecture | None = None):
+        self.arch = arch
+        self.imatrix = Imatrix()
+        self._active = False
+        self._hooks = []
+
+    def begin(self, model, inputs) -> None:
+        super().begin(model, inputs)
+        self._hooks = _hooks(model.model, self.arch or model.arch, self.imatrix, lambda: self._active)
+        self.imatrix.n_chunks = len(inputs)
+
+    def layer(self, index: int, layer) -> None:
+        self._active = True
+        try:
+            super().layer(index, layer)
+        finally:
+            self._active = False
+
+    def end(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def result(self) -> Imatrix:
+        return self.imatrix
+
+
+def _hooks(hf, arch: Architecture, result: Imatrix, active) -> list:
+    """Forward pre-hooks on every linear (and experts module) of ``hf`` the GGUF name table knows, adding
+    each input's squared sums to ``result`` while ``active()``."""
+    import torch
+
+    def make_hook(name: str):
+        def hook(_module, args):
+            if active():
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
+                result.add(name, (x * x).sum(dim=0).numpy()[None, :], np.array([x.shape[0]]))
+
+        return hook
+
+    hooks = []
+    for mod_name, module in hf.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            gname = arch.gguf_linear(mod_name)
+            if gname:
+                hooks.append(module.register_forward_pre_hook(make_hook(gname)))
+        elif arch.experts and hasattr(module, "gate_up_proj") and (split := arch.split_layer(mod_name + ".")):
+            hooks.append(module.register_forward_pre_hook(_experts_hook(result, arch, split[0], module, active)))
+    if not hooks:
+        raise RuntimeError(f"no linear layers of {arch.hf_class} matched the GGUF name table")
+    return hooks
+
+
+def _experts_hook(result: Imatrix, arch: Architecture, layer: int, experts, active):
     """The importance of a layer's experts, from what its router sends each one.
 
     transformers' experts module gets the layer's tokens and each token's chosen experts; expert
@@ -117,6 +153,8 @@ def _experts_hook(result: Imatrix, arch: Architecture, layer: int, experts):
     down_inputs = [f"{GGUF_LAYERS}.{layer}.{lin.gguf}.weight" for lin in expert_linears if lin.in_dim != "hidden"]
 
     def hook(_module, args):
+        if not active():
+            return
         hidden, top_k_index = args[0].detach(), args[1]
         n_exp = experts.gate_up_proj.shape[0]
         width, inner = hidden.shape[-1], experts.down_proj.shape[-1]

@@ -173,8 +173,9 @@ class GPTQExporter(Exporter):
                               hint="run with KOQUANT_DEBUG=1 and report GPTQModel's message above")
         modules = _quant_log(saved / "quant_log.csv")
         self._publish(ctx, saved)
-        ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                               "tokens": chunks.n_tokens, "used_for": "GPTQ (layer input Hessians)"}
+        ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx, "tokens": chunks.n_tokens,
+                               "chunks_sha256": chunks.sha256,
+                               "used_for": "GPTQ (layer input Hessians, computed by GPTQModel in its own process)"}
         ctx.record = {**asdict(opts), "quantizer": f"gptqmodel {GPTQMODEL_PINNED}", "checkpoint_format": "gptq",
                     "layout": "GPTQ v1: qweight, qzeros, scales, g_idx (int32-packed, zero points stored - 1)",
                     "modules": modules}

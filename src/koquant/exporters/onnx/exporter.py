@@ -4,9 +4,12 @@
    ``<quant>/model.onnx`` + ``genai_config.json`` + tokenizer files, for fp32, int8 or int4
    (the precisions of :mod:`koquant.quant_recipes.onnx`).
 2. int4 ``gptq`` (the default): the Korean calibration chunks run through the source model
-   layer by layer and GPTQ rounds every decoder weight (``koquant.exporters.onnx.int4_gptq``); the codes replace
-   the builder's round-to-nearest ones in its MatMulNBits nodes (``koquant.exporters.onnx.matmulnbits``).
-   ``rtn`` and ``k_quant`` are the builder's own uncalibrated quantizers.
+   layer by layer and GPTQ rounds every decoder weight (``koquant.exporters.onnx.int4_gptq``, one pass of the
+   export's shared calibration walk); the builder gets the codes as a GPTQ checkpoint
+   (``koquant.exporters.onnx.quantized_input``) and makes its MatMulNBits nodes from them, so it never holds
+   the model in float32. The gate's yardstick is round-to-nearest on the same grid, built the same way
+   (bit-identical to the builder's own int4). ``rtn`` and ``k_quant`` are the builder's own uncalibrated
+   quantizers, run on the float checkpoint.
 3. Each folder is loaded with onnxruntime-genai and gated against the source: logits on held-out
    Korean chunks (the source tokenizer's ids fed to the runtime), the source tokenizer loaded from
    the folder, the chat template, and a 32-token greedy continuation (identical for fp32).
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +36,8 @@ from ...source.checkpoint import sha256_file
 from .. import Exporter, option_names, recipe_options
 from ..gate import HINTS, compare_logits, judge, token_mismatch
 from . import builder, genai
-from .matmulnbits import DATA_FILE, MODEL_FILE, rewrite_int4, tensor_types
+from . import quantized_input
+from .matmulnbits import DATA_FILE, MODEL_FILE, tensor_types
 from .parity import greedy_agreement
 
 INT4_ALGOS = ("gptq", "rtn", "k_quant")
@@ -98,6 +103,32 @@ class _SourceWeights(Mapping):
         return len(self.where)
 
 
+def _gptq_pass(block: int) -> str:
+    """The key of int4 GPTQ's calibration pass (reference.SharedCalibration)."""
+    return f"onnx-int4-gptq-b{block}"
+
+
+class _PlainInt4(Mapping):
+    """``<layer>.<stem>`` -> round-to-nearest int4 of the source weight, computed when asked for (the last
+    one kept: the GPTQ writer asks once per Linear of a fused stem), not every layer's codes at once."""
+
+    def __init__(self, source: _SourceWeights, block: int):
+        self.source, self.block, self._last = source, block, (None, None)
+
+    def __getitem__(self, key: str):
+        from .int4_gptq import rtn
+
+        if self._last[0] != key:
+            self._last = (key, rtn(self.source[key], self.block))
+        return self._last[1]
+
+    def __iter__(self):
+        return iter(self.source)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
 class ONNXExporter(Exporter):
     options = option_names(OnnxOptions)
     tool_packages = ("onnxruntime", "onnxruntime-genai", "onnx", "onnx-ir")
@@ -117,6 +148,14 @@ class ONNXExporter(Exporter):
     def needs_calibration(self, recipe) -> bool:
         return "int4" in recipe.quants and OnnxOptions.from_recipe(recipe).int4_algo == "gptq"
 
+    def calibration_passes(self, recipe) -> dict:
+        if not self.needs_calibration(recipe):
+            return {}
+        from .int4_gptq import GPTQPass
+
+        block = OnnxOptions.from_recipe(recipe).block_size
+        return {_gptq_pass(block): (f"int4 GPTQ, block {block} (onnx)", lambda: GPTQPass(block))}
+
     # ------------------------------------------------------------------ export
     def export(self, ctx) -> list[ArtifactFile]:
         ckpt, recipe = ctx.ckpt, ctx.recipe
@@ -125,28 +164,38 @@ class ONNXExporter(Exporter):
         gptq = "int4" in recipe.quants and opts.int4_algo == "gptq"
         if gptq:
             _check_divisible(ckpt.config, opts.block_size)
+            why = quantized_input.unsupported(ckpt.architecture)
+            if why:
+                raise RecipeError(f"int4 GPTQ cannot be given to the model builder for this model: {why}",
+                                  hint="choose --int4-algo rtn")
         source, adapted = builder.stage_input(ctx.source_dir, ctx.work)
         files = []
         with ctx.task("building with onnxruntime-genai's model builder", len(recipe.quants)) as advance:
             for quant in recipe.quants:
                 folder = ctx.out / quant
-                # int4 gptq starts from the builder's round-to-nearest graph and replaces its codes
-                algo = ("rtn" if opts.int4_algo == "gptq" else opts.int4_algo) if quant == "int4" else None
-                builder.build(source, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
-                                 accuracy_level=opts.accuracy_level, algo=algo, lm_head=opts.lm_head,
-                                 log=ctx.work / f"builder-{quant}.log")
+                if quant == "int4" and gptq:  # koquant's GPTQ codes, given to the builder as a GPTQ checkpoint
+                    key = _gptq_pass(opts.block_size)
+                    self._build_int4(ctx, opts, ctx.shared.get(key, ctx), folder)
+                    ctx.shared.release(key)
+                    ctx.calibration_use = {**ctx.shared.use(), "used_for": "int4 GPTQ (layer input Hessians)"}
+                else:
+                    builder.build(source, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
+                                  accuracy_level=opts.accuracy_level, algo=opts.int4_algo if quant == "int4" else None,
+                                  lm_head=opts.lm_head, log=ctx.work / f"builder-{quant}.log")
                 af = ArtifactFile(f"{quant}/{MODEL_FILE}", quant)
                 af.notes.append(_describe(quant, opts))
                 files.append(af)
                 advance()
         plain = {}
-        if gptq and recipe.gate == "user":  # the user gate's yardstick: the builder's own int4, before GPTQ
-            with ctx.step("measuring the builder's plain int4 (round-to-nearest)"):
-                m = self._measure(ctx, ctx.out / "int4", "int4")["metrics"]
+        if gptq and recipe.gate == "user":  # the user gate's yardstick: round-to-nearest on the same grid
+            with ctx.step("measuring plain int4 (round-to-nearest, the builder's own grid and rounding)"):
+                folder = ctx.work / "plain-int4"
+                self._build_int4(ctx, opts, _PlainInt4(_SourceWeights(ctx.reference.layerwise, ckpt.architecture),
+                                                       opts.block_size), folder)
+                m = self._measure(ctx, folder, "int4")["metrics"]
+                shutil.rmtree(folder)
             plain["int4"] = {"quant": "int4", "tool": f"the model builder's plain int4 (round-to-nearest, "
                              f"block {opts.block_size})", **{k: m[k] for k in ("kl_mean", "kl_p99", "top1")}}
-        if gptq:
-            self._gptq(ctx, opts)
         parity = self._runtime_parity(ctx, ctx.out / recipe.quants[0])
         with ctx.task("validating against the source", len(files)) as advance:
             for af in files:
@@ -165,17 +214,16 @@ class ONNXExporter(Exporter):
             ctx.record["builder_config"] = adapted
         return files
 
-    def _gptq(self, ctx, opts: OnnxOptions) -> None:
-        from .int4_gptq import quantize_decoder
-
-        ref, arch = ctx.reference, ctx.ckpt.architecture
-        chunks = ref.calibration_chunks(ctx.calibration)
-        layers = ctx.ckpt.config["num_hidden_layers"]
-        with ctx.task(f"GPTQ on Korean text ({len(chunks.ids)}×{chunks.n_ctx} tokens)", layers) as advance:
-            weights = quantize_decoder(ref.layerwise, chunks, opts.block_size, on_layer=advance, arch=arch)
-        rewrite_int4(ctx.out / "int4", weights, _SourceWeights(ref.layerwise, arch), arch.onnx)
-        ctx.calibration_use = {"chunks": len(chunks.ids), "chunk_size": chunks.n_ctx,
-                               "tokens": chunks.n_tokens, "used_for": "int4 GPTQ (layer input Hessians)"}
+    def _build_int4(self, ctx, opts: OnnxOptions, weights, folder: Path) -> None:
+        """The builder's int4 model in ``folder`` with ``weights`` as its decoder codes (``quantized_input``)."""
+        source = quantized_input.write(ctx.source_dir, ctx.work / "builder-int4-input", weights,
+                                       ctx.ckpt.architecture, opts.block_size)
+        try:
+            builder.build(source, folder, "int4", ctx.work / "builder-cache", block_size=opts.block_size,
+                          accuracy_level=opts.accuracy_level, algo="rtn", lm_head=opts.lm_head,
+                          log=ctx.work / f"builder-{folder.name}.log")
+        finally:
+            shutil.rmtree(source, ignore_errors=True)
 
     def _runtime_parity(self, ctx, folder: Path) -> dict:
         """onnxruntime-genai's own tokenizer and template engine against the source's (recorded, not gated)."""

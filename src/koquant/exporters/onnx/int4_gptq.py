@@ -6,10 +6,11 @@ column's rounding error over the columns not yet rounded, weighted by the invers
 Layers are processed in order: each layer's inputs come from the already quantized layers
 before it, so later layers correct for earlier rounding.
 
-The grid is the one onnxruntime's default (MLAS) int4 quantizer writes: per block of ``block``
-input columns of one output row, ``scale = v / -8`` where ``v`` is the value of largest magnitude,
-codes ``round(w / scale) + 8`` clipped to 0..15 and dequantized as ``(code - 8) * scale``, so the
-results drop into the builder's own MatMulNBits nodes without changing the graph.
+The grid and rounding are those of onnxruntime's default (MLAS) int4 quantizer: per block of ``block``
+input columns of one output row, ``scale = v / -8`` where ``v`` is the block's minimum or maximum,
+whichever is larger in magnitude, codes ``floor(w / scale + 8.5)`` (through the reciprocal) clipped to
+0..15, dequantized as ``(code - 8) * scale``. :func:`rtn` therefore gives exactly the builder's own
+round-to-nearest int4 (``tests/test_onnx_export.py``), the yardstick GPTQ is measured against.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...source.architectures import Architecture, architecture_for
-from ..layerwise import capture_layer_inputs, run_layer
+from ..layerwise import LayerPass, capture_layer_inputs, run_layer
 
 # Dampening added to the Hessian diagonal, as a fraction of its mean. The paper's 0.01 fits the
 # calibration text's activations too closely: on the miniatures (trained on that very text) it loses
@@ -43,18 +44,21 @@ class Int4Weight:
 
 
 def _block_scale(blk):
-    """Signed scale per row of ``blk`` [N, block]: the value of largest magnitude maps to code 0 (-8)."""
+    """Signed scale per row of ``blk`` [N, block] and its reciprocal, as onnxruntime's MLAS quantizer computes
+    them: the block's minimum or maximum, whichever is larger in magnitude (the minimum on a tie), maps to
+    code 0 (-8); an all-zero block has scale 0 and reciprocal 0 (every code 8)."""
     import torch
 
-    idx = blk.abs().argmax(dim=1, keepdim=True)
-    scale = blk.gather(1, idx)[:, 0] / -8
-    return scale, torch.where(scale == 0, torch.ones_like(scale), scale)
+    lo, hi = blk.min(dim=1).values, blk.max(dim=1).values
+    scale = torch.where(lo.abs() >= hi.abs(), lo, hi) / -8
+    return scale, torch.where(scale == 0, torch.zeros_like(scale), 1.0 / scale)
 
 
-def _round(w, safe_scale):
+def _round(w, reciprocal):
+    """MLAS's rounding: ``w`` times the reciprocal scale plus 8, rounded half up, clipped to 0..15."""
     import torch
 
-    return torch.clamp(torch.round(w / safe_scale) + 8, 0, 15)
+    return torch.clamp(torch.floor(w * reciprocal + 8.5), 0, 15)
 
 
 def rtn(weight, block: int) -> Int4Weight:
@@ -67,8 +71,8 @@ def rtn(weight, block: int) -> Int4Weight:
     codes = torch.empty_like(blocks, dtype=torch.uint8)
     scales = torch.empty(n, k // block, dtype=torch.float32)
     for b in range(k // block):
-        scale, safe = _block_scale(blocks[:, b])
-        codes[:, b] = _round(blocks[:, b], safe[:, None]).to(torch.uint8)
+        scale, reciprocal = _block_scale(blocks[:, b])
+        codes[:, b] = _round(blocks[:, b], reciprocal[:, None]).to(torch.uint8)
         scales[:, b] = scale
     return Int4Weight(codes.reshape(n, k), scales, block)
 
@@ -90,14 +94,14 @@ def gptq(weight, hessian, block: int, percdamp: float = PERCDAMP) -> Int4Weight:
     scales = torch.empty(n, k // block, dtype=torch.float32)
     for b0 in range(0, k, block):
         b1 = b0 + block
-        scale, safe = _block_scale(w[:, b0:b1])
+        scale, reciprocal = _block_scale(w[:, b0:b1])
         scales[:, b0 // block] = scale
         err = torch.empty(n, block, dtype=torch.float32)
         for j in range(block):
             c = b0 + j
-            q = _round(w[:, c], safe)
+            q = _round(w[:, c], reciprocal)
             codes[:, c] = q.to(torch.uint8)
-            e = (w[:, c] - (q - 8) * safe) / u[c, c]
+            e = (w[:, c] - (q - 8) * scale) / u[c, c]
             w[:, c:b1] -= e[:, None] * u[c, c:b1][None, :]
             err[:, j] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
@@ -117,19 +121,7 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
     from ..layerwise import LayerwiseModel
 
     if isinstance(model, LayerwiseModel):
-        arch = arch or model.arch
-        inputs = model.layer_inputs(chunks.ids)
-        result: dict[str, Int4Weight] = {}
-        for i in range(model.n_layers):
-            prefix = arch.layer(i)
-            model._load(prefix)
-            try:
-                inputs = _quantize_layer(model.model.get_submodule(prefix), i, inputs, arch, block, percdamp, result)
-            finally:
-                model._drop(prefix)
-            if on_layer is not None:
-                on_layer()
-        return result
+        return model.walk(chunks.ids, [GPTQPass(block, percdamp, arch)], on_layer=on_layer)[0]
     arch = arch or architecture_for(model.config)
     layers = model.get_submodule(arch.layers)
     inputs = capture_layer_inputs(model, layers, chunks.ids)
@@ -139,6 +131,25 @@ def quantize_decoder(model, chunks, block: int, on_layer=None, percdamp: float =
         if on_layer is not None:
             on_layer()
     return result
+
+
+class GPTQPass(LayerPass):
+    """int4 GPTQ as one pass of a :meth:`~koquant.exporters.layerwise.LayerwiseModel.walk`: its own stream
+    of hidden states, each layer's outputs computed through that layer's quantized weights."""
+
+    def __init__(self, block: int, percdamp: float = PERCDAMP, arch: Architecture | None = None):
+        self.block, self.percdamp, self.arch = block, percdamp, arch
+        self.weights: dict[str, Int4Weight] = {}
+
+    def begin(self, model, inputs) -> None:
+        super().begin(model, inputs)
+        self.arch = self.arch or model.arch
+
+    def layer(self, index: int, layer) -> None:
+        self.states = _quantize_layer(layer, index, self.states, self.arch, self.block, self.percdamp, self.weights)
+
+    def result(self) -> dict[str, Int4Weight]:
+        return self.weights
 
 
 def _quantize_layer(layer, i: int, inputs, arch: Architecture, block: int, percdamp: float,
