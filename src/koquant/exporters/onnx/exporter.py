@@ -175,8 +175,8 @@ class ONNXExporter(Exporter):
                 folder = ctx.out / quant
                 if quant == "int4" and gptq:  # koquant's GPTQ codes, given to the builder as a GPTQ checkpoint
                     key = _gptq_pass(opts.block_size)
-                    self._build_int4(ctx, opts, ctx.shared.get(key, ctx), folder)
-                    ctx.shared.release(key)
+                    self._build_int4(ctx, opts, ctx.shared.get(key, ctx), folder,
+                                     written=lambda: ctx.shared.release(key))
                     ctx.calibration_use = {**ctx.shared.use(), "used_for": "int4 GPTQ (layer input Hessians)"}
                 else:
                     builder.build(source, folder, quant, ctx.work / "builder-cache", block_size=opts.block_size,
@@ -214,10 +214,14 @@ class ONNXExporter(Exporter):
             ctx.record["builder_config"] = adapted
         return files
 
-    def _build_int4(self, ctx, opts: OnnxOptions, weights, folder: Path) -> None:
-        """The builder's int4 model in ``folder`` with ``weights`` as its decoder codes (``quantized_input``)."""
+    def _build_int4(self, ctx, opts: OnnxOptions, weights, folder: Path, written=None) -> None:
+        """The builder's int4 model in ``folder`` with ``weights`` as its decoder codes (``quantized_input``);
+        ``written()`` once they are on disk (to free them before the builder runs)."""
         source = quantized_input.write(ctx.source_dir, ctx.work / "builder-int4-input", weights,
                                        ctx.ckpt.architecture, opts.block_size)
+        del weights
+        if written is not None:
+            written()
         try:
             builder.build(source, folder, "int4", ctx.work / "builder-cache", block_size=opts.block_size,
                           accuracy_level=opts.accuracy_level, algo="rtn", lm_head=opts.lm_head,
