@@ -105,15 +105,20 @@ def stage_input(source: Path, work: Path) -> tuple[Path, list[str]]:
     dest = work / BUILDER_INPUT
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
+    link_files(source, dest, lambda f: f.name != "config.json")
+    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return dest, changes
+
+
+def link_files(source: Path, dest: Path, keep) -> None:
+    """Every file of ``source`` for which ``keep(path)`` holds, linked into ``dest`` (copied where links fail)."""
     for f in source.iterdir():
-        if f.name == "config.json" or not f.is_file():
+        if not f.is_file() or not keep(f):
             continue
         try:
             (dest / f.name).symlink_to(f.resolve())
         except OSError:  # no symlinks here (Windows without the privilege): copy
             shutil.copy2(f, dest / f.name)
-    (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return dest, changes
 
 
 def build(source: Path, out: Path, precision: str, cache: Path, *, block_size: int | None = None,

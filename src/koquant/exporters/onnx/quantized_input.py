@@ -30,7 +30,7 @@ import numpy as np
 
 from ...errors import ExportError
 from ...source.architectures import Architecture
-from .builder import builder_config
+from .builder import builder_config, link_files
 
 ZERO_POINT = 8  # the symmetric grid's zero point (int4_gptq: codes 0..15, dequantized as (code - 8) * scale)
 
@@ -112,12 +112,8 @@ def write(source: Path, dest: Path, weights: dict, arch: Architecture, block: in
                     out[f"{stem}.{part}"] = torch.from_numpy(arr)
         save_file(out, str(dest / f.name))
         del out
-    for f in source.iterdir():
-        if f.is_file() and f.suffix != ".safetensors" and f.name not in ("config.json", "model.safetensors.index.json"):
-            try:
-                (dest / f.name).symlink_to(f.resolve())
-            except OSError:  # no symlinks here: copy
-                shutil.copy2(f, dest / f.name)
+    link_files(source, dest, lambda f: f.suffix != ".safetensors"
+               and f.name not in ("config.json", "model.safetensors.index.json"))
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     adapted = builder_config(config)
     config = adapted[0] if adapted is not None else config
