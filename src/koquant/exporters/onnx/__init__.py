@@ -4,7 +4,8 @@
 - :mod:`~koquant.exporters.onnx.builder`: the pinned onnxruntime-genai model builder;
 - :mod:`~koquant.exporters.onnx.genai`: onnxruntime-genai install checks, loading and the gate's child job;
 - :mod:`~koquant.exporters.onnx.int4_gptq`: GPTQ for the int4 MatMulNBits weights;
-- :mod:`~koquant.exporters.onnx.matmulnbits`: reading and rewriting MatMulNBits nodes;
+- :mod:`~koquant.exporters.onnx.matmulnbits`: reading MatMulNBits graphs (storage types, the builder's own int4 codes);
+- :mod:`~koquant.exporters.onnx.quantized_input`: koquant's int4 codes as the builder's GPTQ-checkpoint input;
 - :mod:`~koquant.exporters.onnx.parity`: tokenizer and chat-template parity with the source.
 
 ``FORMAT`` is the format's registry entry (:class:`koquant.exporters.Format`).
