@@ -175,7 +175,7 @@ class ONNXExporter(Exporter):
                 folder = ctx.out / quant
                 if quant == "int4" and gptq:  # koquant's GPTQ codes, given to the builder as a GPTQ checkpoint
                     key = _gptq_pass(opts.block_size)
-                    self._build_int4(ctx, opts, ctx.shared.get(key, ctx), folder,
+                    self._build_int4(ctx, opts, source, ctx.shared.get(key, ctx), folder,
                                      written=lambda: ctx.shared.release(key))
                     ctx.calibration_use = {**ctx.shared.use(), "used_for": "int4 GPTQ (layer input Hessians)"}
                 else:
@@ -190,8 +190,8 @@ class ONNXExporter(Exporter):
         if gptq and recipe.gate == "user":  # the user gate's yardstick: round-to-nearest on the same grid
             with ctx.step("measuring plain int4 (round-to-nearest, the builder's own grid and rounding)"):
                 folder = ctx.work / "plain-int4"
-                self._build_int4(ctx, opts, _PlainInt4(_SourceWeights(ctx.reference.layerwise, ckpt.architecture),
-                                                       opts.block_size), folder)
+                plain_codes = _PlainInt4(_SourceWeights(ctx.reference.layerwise, ckpt.architecture), opts.block_size)
+                self._build_int4(ctx, opts, source, plain_codes, folder)
                 m = self._measure(ctx, folder, "int4")["metrics"]
                 shutil.rmtree(folder)
             plain["int4"] = {"quant": "int4", "tool": f"the model builder's plain int4 (round-to-nearest, "
@@ -214,10 +214,10 @@ class ONNXExporter(Exporter):
             ctx.record["builder_config"] = adapted
         return files
 
-    def _build_int4(self, ctx, opts: OnnxOptions, weights, folder: Path, written=None) -> None:
-        """The builder's int4 model in ``folder`` with ``weights`` as its decoder codes (``quantized_input``);
-        ``written()`` once they are on disk (to free them before the builder runs)."""
-        source = quantized_input.write(ctx.source_dir, ctx.work / "builder-int4-input", weights,
+    def _build_int4(self, ctx, opts: OnnxOptions, staged: Path, weights, folder: Path, written=None) -> None:
+        """The builder's int4 model in ``folder`` from its input ``staged`` with ``weights`` as the decoder codes
+        (``quantized_input``); ``written()`` once they are on disk (to free them before the builder runs)."""
+        source = quantized_input.write(staged, ctx.work / "builder-int4-input", weights,
                                        ctx.ckpt.architecture, opts.block_size)
         del weights
         if written is not None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ...errors import ExportError
 from ...source.architectures import Architecture
-from .builder import builder_config, link_files
+from .builder import link_files
 
 ZERO_POINT = 8  # the symmetric grid's zero point (int4_gptq: codes 0..15, dequantized as (code - 8) * scale)
 
@@ -64,7 +64,7 @@ def unsupported(arch: Architecture) -> str | None:
 
 
 def write(source: Path, dest: Path, weights: dict, arch: Architecture, block: int) -> Path:
-    """``dest``: ``source`` with every decoder Linear replaced by ``weights`` (``"<onnx layer>.<stem>"`` ->
+    """``dest``: ``source`` (the folder the builder would read, ``builder.stage_input``'s) with every decoder Linear replaced by ``weights`` (``"<onnx layer>.<stem>"`` ->
     codes [N, K] and scales, ``int4_gptq.Int4Weight``) in the GPTQ layout, the other tensors as they are,
     one output file per source file (so writing holds one file's other tensors at a time)."""
     import torch
@@ -78,7 +78,8 @@ def write(source: Path, dest: Path, weights: dict, arch: Architecture, block: in
     for f in files:
         with safe_open(f, "pt") as st:
             shapes.update({name: tuple(st.get_slice(name).get_shape()) for name in st.keys()})
-    for i in range(_n_layers(weights, arch)):
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    for i in range(int(config["num_hidden_layers"])):
         for stem, names in arch.onnx.linears.items():
             key, row = f"{arch.onnx.layer(i)}.{stem}", 0
             if key not in weights:
@@ -114,18 +115,10 @@ def write(source: Path, dest: Path, weights: dict, arch: Architecture, block: in
         del out
     link_files(source, dest, lambda f: f.suffix != ".safetensors"
                and f.name not in ("config.json", "model.safetensors.index.json"))
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    adapted = builder_config(config)
-    config = adapted[0] if adapted is not None else config
     config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": block, "desc_act": False,
                                      "sym": True, "checkpoint_format": "gptq"}
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return dest
-
-
-def _n_layers(weights: dict, arch: Architecture) -> int:
-    prefix = arch.onnx.layers + "."
-    return len({k[len(prefix):].split(".")[0] for k in weights if k.startswith(prefix)})
 
 
 def _numpy(t) -> np.ndarray:
